@@ -1,0 +1,37 @@
+# The two commands of the README:   make demo   (the main job)   and   make test.
+# Each installs what it needs: the venv, the Python packages, and Debian's data set.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+DEMO_OUT ?= runs/demo
+# The demo's CPU budget: 2 epochs over 12,000 Fashion-MNIST images (~15 min on 2 cores).
+DEMO_TRAIN_ARGS ?= --preset demo --epochs 2 --train-limit 12000 --val-limit 1000 --stats-images 6000
+
+.PHONY: install test demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (Python 3.11)"; exit 1; }
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	# torch/torchvision pinned in pyproject.toml: pip takes them from this machine's disk.
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+$(FASHION):
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dataset-fashion-mnist
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP) $(FASHION)
+	$(VENV)/bin/alexnet-train --data fashion-mnist --out $(DEMO_OUT) $(DEMO_TRAIN_ARGS) $(if $(RESUME),--resume)
+	$(VENV)/bin/alexnet-train --evaluate $(DEMO_OUT)/checkpoint.pt --data fashion-mnist --crops 10 --val-limit 2000 --json \
+	  | tee $(DEMO_OUT)/evaluation.json
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

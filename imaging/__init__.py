@@ -1,0 +1,48 @@
+"""How an encoded image becomes AlexNet's 256x256 input, defined once.
+
+Training, evaluation, export's checks, the Triton preprocess model and the clients all
+import this module, so there is no train/serve skew.  It depends on Pillow and numpy
+only: a client install and the preprocess model do not pull PyTorch in.
+
+The geometry is the paper's [2, 4.1]: shorter side to 256, centre 256x256 crop; the
+network sees 224x224 crops of that (random during training; the four corners, the
+centre and their mirrors at test time).
+"""
+
+from imaging.pipeline import (
+    BACKGROUND,
+    CROP,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MAX_PIXELS,
+    SIZE,
+    ImageError,
+    crop_offsets,
+    decode,
+    from_array,
+    load,
+    resize_center,
+    sniff,
+    ten_crop_boxes,
+    ten_crops,
+    to_rgb,
+)
+
+__all__ = [
+    "BACKGROUND",
+    "CROP",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MAX_PIXELS",
+    "SIZE",
+    "ImageError",
+    "crop_offsets",
+    "decode",
+    "from_array",
+    "load",
+    "resize_center",
+    "sniff",
+    "ten_crop_boxes",
+    "ten_crops",
+    "to_rgb",
+]

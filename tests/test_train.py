@@ -1,0 +1,274 @@
+"""The training stage end to end on small real files: statistics, augmentation, loop, checkpoints, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import imaging
+from tests.conftest import ROOT, make_fashion_like, make_image_folder
+from train import checkpoint, data
+from train.model import alexnet
+from train.recipe import Recipe, RecipeError, resolve
+from train.transforms import CropAverage, normalisation, random_crops
+
+FAST = ["--workers", "0", "--batch-size", "16", "--stats-images", "32"]
+
+
+def run_cli(*args: str, cwd: Path = ROOT, env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "train", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, f"expected exit 2, got {proc.returncode}\n{proc.stderr[-2000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("alexnet-train: error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+# --- recipe -------------------------------------------------------------------------------
+
+
+def test_recipe_defaults_are_the_papers():
+    r = Recipe()
+    assert (r.batch_size, r.lr, r.momentum, r.weight_decay, r.epochs) == (128, 0.01, 0.9, 5e-4, 90)
+    assert (r.lr_factor, r.max_reductions, r.dropout, r.init, r.init_std, r.init_bias, r.pca_std) == (0.1, 3, 0.5, "paper", 0.01, 1.0, 0.1)
+
+
+def test_recipe_unknown_and_invalid_settings():
+    with pytest.raises(RecipeError, match="unknown recipe setting.*learning_rate"):
+        Recipe.from_dict({"learning_rate": 0.1})
+    with pytest.raises(RecipeError, match="batch_size must be >= 1"):
+        resolve(batch_size=0)
+    assert resolve("demo", lr=0.02).init == "kaiming" and resolve("demo", lr=0.02).lr == 0.02
+
+
+def test_every_recipe_field_is_a_flag():
+    from train.cli import get_args_parser
+
+    import dataclasses
+
+    help_text = get_args_parser().format_help()
+    for f in dataclasses.fields(Recipe):
+        assert "--" + f.name.replace("_", "-") in help_text, f"--{f.name} missing from --help"
+
+
+# --- statistics and augmentation -------------------------------------------------------------
+
+
+def test_mean_image_and_pca_match_a_direct_computation(fashion_dir, tmp_path):
+    ds = data.open_split(str(fashion_dir), "train")
+    idx = list(range(16))
+    mean, eigvals, eigvecs = data.compute_stats(ds, idx, tmp_path)
+    stack = np.stack([ds[i][0] for i in idx]).astype(np.float64)
+    np.testing.assert_allclose(mean, stack.mean(axis=0), rtol=1e-5, atol=1e-3)
+    pixels = stack.transpose(1, 0, 2, 3).reshape(3, -1) / 255.0
+    expected = np.linalg.eigvalsh(np.cov(pixels, bias=True))
+    np.testing.assert_allclose(np.sort(eigvals), np.clip(expected, 0, None), rtol=1e-3, atol=1e-6)
+    # cached: a second call reads the file instead of recomputing
+    assert len(list(tmp_path.glob("stats-*.npz"))) == 1
+    again = data.compute_stats(ds, idx, tmp_path)
+    np.testing.assert_array_equal(again[0], mean)
+
+
+def test_pca_colour_noise_statistics():
+    """[4.1] noise = V (alpha * lambda), alpha ~ N(0, 0.1): its covariance is V diag((0.1 lambda)^2) V^T."""
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    eigvecs = torch.tensor(q, dtype=torch.float32)
+    eigvals = torch.tensor([0.2, 0.05, 0.01])
+    images = torch.full((2000, 3, 256, 256), 128, dtype=torch.uint8)
+    offset, scale = torch.zeros(3, 256, 256), torch.ones(3, 1, 1)
+    g = torch.Generator().manual_seed(0)
+    out = random_crops(images, offset, scale, eigvals, eigvecs, 0.1, False, g)
+    shift = (out.mean(dim=(2, 3)) - 128.0).double() / 255.0  # per image colour shift, 0-1 scale
+    expected = q @ np.diag((0.1 * eigvals.numpy()) ** 2) @ q.T
+    measured = np.cov(shift.numpy().T, bias=True)
+    np.testing.assert_allclose(measured, expected, atol=2.5e-5, rtol=0.15)
+    assert abs(float(shift.mean())) < 2e-3, "the noise has zero mean"
+
+
+def test_random_crops_are_crops_and_flips():
+    image = torch.arange(256, dtype=torch.float32).repeat(3, 256, 1).to(torch.uint8)[None].repeat(64, 1, 1, 1)
+    g = torch.Generator().manual_seed(1)
+    zeros = torch.zeros(3)
+    out = random_crops(image, torch.zeros(3, 256, 256), torch.ones(3, 1, 1), zeros, torch.eye(3), 0.0, True, g)
+    assert out.shape == (64, 3, 224, 224)
+    rows = out[:, 0, 0]  # a column-index ramp: increasing (plain) or decreasing (mirrored)
+    increasing = (rows[:, 1:] - rows[:, :-1] == 1).all(dim=1)
+    decreasing = (rows[:, 1:] - rows[:, :-1] == -1).all(dim=1)
+    assert bool((increasing | decreasing).all()), "every crop is a contiguous window, maybe mirrored"
+    assert 10 < int(decreasing.sum()) < 54, f"about half mirrored, got {int(decreasing.sum())}/64"
+    lefts = torch.where(increasing, rows[:, 0], rows[:, -1])
+    assert lefts.min() >= 0 and lefts.max() <= 32 and len(set(lefts.tolist())) > 5
+
+
+def test_ten_crop_classifier_averages_softmax_of_the_ten_crops(photo_path):
+    torch.manual_seed(0)
+    net = alexnet("paper", 7, init="kaiming").eval()
+    offset, scale = normalisation("paper", np.full((3, 256, 256), 120.0, dtype=np.float32), 1 / 64)
+    image = imaging.load(photo_path)
+    crops = torch.from_numpy(imaging.ten_crops(image).copy()).float()
+    expected = torch.softmax(net((crops - 120.0) / 64), dim=1).mean(0)
+    with torch.no_grad():
+        got = CropAverage(net, offset, scale, 10)(torch.from_numpy(image)[None])[0]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_overfits_64_images():
+    """The network and optimiser can learn: 64 fixed images, random labels, >= 95% train accuracy."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 256, 256), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (64,), generator=g)
+    model = alexnet("paper", 10, init="kaiming", dropout=0.0)
+    offset, scale = normalisation("paper", images.float().mean(0), 1 / 64)
+    classifier = CropAverage(model, offset, scale, crops=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x = ((images.float() - offset) * scale)[:, :, 16:240, 16:240]
+    accuracy = 0.0
+    for step in range(60):
+        model.train()
+        for chunk in range(0, 64, 32):
+            loss = torch.nn.functional.cross_entropy(model(x[chunk : chunk + 32]), labels[chunk : chunk + 32])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if step % 5 == 4:
+            with torch.no_grad():
+                accuracy = (classifier.eval()(images).argmax(1) == labels).float().mean().item()
+            if accuracy >= 0.95:
+                break
+    assert accuracy >= 0.95, f"train accuracy {accuracy:.3f} after {step + 1} epochs"
+
+
+@pytest.fixture(scope="module")
+def trained_run(fashion_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    proc = run_cli("--data", str(fashion_dir), "--out", str(out), "--preset", "demo", "--epochs", "1", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_training_writes_checkpoint_metrics_and_plot(trained_run):
+    out, proc = trained_run
+    state = checkpoint.load(out / "checkpoint.pt")
+    assert state["arch"] == "paper" and state["num_classes"] == 10 and state["epoch"] == 0
+    assert state["mean_image"].shape == (3, 256, 256) and state["mean_image"].dtype == torch.float32
+    assert state["pca"]["eigenvalues"].shape == (3,) and state["pca"]["eigenvectors"].shape == (3, 3)
+    assert state["recipe"]["init"] == "kaiming" and state["recipe"]["epochs"] == 1
+    torch.load(out / "checkpoint.pt", weights_only=True)  # the contract: loadable with weights_only
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and {"train_loss", "val_top1_centre_error", "val_top5_centre_error", "lr"} <= set(rows[0])
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "img_s=" in proc.stderr, "the progress bar shows images per second"
+    assert not list(out.glob(".*.tmp")), "no temporary files left behind"
+
+
+def test_evaluate_reports_centre_and_10crop(trained_run, fashion_dir):
+    out, _ = trained_run
+    proc = run_cli("--evaluate", str(out / "checkpoint.pt"), "--data", str(fashion_dir), "--crops", "10", "--json", "--workers", "0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    for key in ("top1_centre_error", "top5_centre_error", "top1_10crop_error", "top5_10crop_error"):
+        assert 0.0 <= result[key] <= 1.0, result
+    assert result["images"] == 20
+
+
+def test_resume_equals_uninterrupted(fashion_dir, tmp_path):
+    common = ["--data", str(fashion_dir), "--preset", "demo", "--train-limit", "32", "--val-limit", "8", "--seed", "3", *FAST]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    from train.cli import cli
+
+    assert cli([*common, "--out", str(straight), "--epochs", "2"]) == 0
+    assert cli([*common, "--out", str(split), "--epochs", "1"]) == 0
+    assert cli([*common, "--out", str(split), "--epochs", "2", "--resume"]) == 0
+    a, b = checkpoint.load(straight / "checkpoint.pt"), checkpoint.load(split / "checkpoint.pt")
+    assert a["epoch"] == b["epoch"] == 1
+    for key, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][key]), f"{key} differs after resume"
+    assert len(b["metrics"]) == 2
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_end_identical(fashion_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "train",
+        "--data", str(fashion_dir), "--out", str(tmp_path), "--preset", "demo", "--epochs", "1",
+        "--train-limit", "32", "--val-limit", "8", *FAST,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "all 2 ranks hold identical weights" in proc.stderr, proc.stderr[-2000:]
+    state = checkpoint.load(tmp_path / "checkpoint.pt")
+    assert state["metrics"][0]["train_images"] == 32, "the two ranks together saw the whole subset once"
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def test_missing_and_empty_data(tmp_path):
+    assert "does not exist" in one_line_error(run_cli("--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")))
+    (tmp_path / "empty").mkdir()
+    assert "no train folder" in one_line_error(run_cli("--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")))
+    (tmp_path / "noclass" / "train").mkdir(parents=True)
+    assert "no class folders" in one_line_error(run_cli("--data", str(tmp_path / "noclass"), "--out", str(tmp_path / "o")))
+
+
+def test_class_folder_without_images(tmp_path):
+    root = make_image_folder(tmp_path / "d", classes=2, per_class=2)
+    (root / "train" / "class_9").mkdir()
+    (root / "train" / "class_9" / "notes.txt").write_text("no images here")
+    line = one_line_error(run_cli("--data", str(root), "--out", str(tmp_path / "o")))
+    assert "class_9" in line and "has no images" in line
+
+
+def test_corrupt_images_are_skipped_and_named(tmp_path):
+    root = make_image_folder(tmp_path / "d", classes=2, per_class=3)
+    (root / "train" / "class_0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    good = (root / "train" / "class_1" / "img_0.jpg").read_bytes()
+    (root / "train" / "class_1" / "cut.jpg").write_bytes(good[: len(good) // 2])
+    proc = run_cli("--data", str(root), "--out", str(tmp_path / "o"), "--preset", "demo", "--epochs", "1", *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipped 2 unreadable image(s)" in proc.stderr and "broken.jpg" in proc.stderr and "cut.jpg" in proc.stderr
+    row = json.loads((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["skipped"] == 2 and row["train_images"] == 6
+
+
+def test_resume_with_other_arch_or_class_count(trained_run, tmp_path):
+    out, _ = trained_run
+    line = one_line_error(run_cli("--data", str(make_fashion_like(tmp_path / "f", 20, 10)), "--out", str(out), "--resume", "--arch", "torchvision", *FAST))
+    assert "paper checkpoint" in line and "torchvision" in line
+    other = make_image_folder(tmp_path / "three", classes=3, per_class=2)
+    line = one_line_error(run_cli("--data", str(other), "--out", str(tmp_path / "o"), "--resume", str(out / "checkpoint.pt"), *FAST))
+    assert "10 classes" in line and "3" in line
+
+
+@pytest.mark.parametrize("kind", ["truncated", "foreign", "state_dict"])
+def test_bad_checkpoint_files(trained_run, fashion_dir, tmp_path, kind):
+    out, _ = trained_run
+    bad = tmp_path / f"{kind}.pt"
+    if kind == "truncated":
+        blob = (out / "checkpoint.pt").read_bytes()
+        bad.write_bytes(blob[: len(blob) // 2])
+    elif kind == "foreign":
+        bad.write_text("this is a text file, not a checkpoint\n")
+    else:
+        torch.save(alexnet("paper", 10).state_dict(), bad)
+    line = one_line_error(run_cli("--evaluate", str(bad), "--data", str(fashion_dir)))
+    assert str(bad) in line
+    assert {"truncated": "not a readable checkpoint", "foreign": "not a readable checkpoint", "state_dict": "missing"}[kind] in line

@@ -1,0 +1,76 @@
+"""The checkpoint contract (DESIGN.md): a ``torch.save`` dict loadable with ``weights_only=True``.
+
+Keys: arch, num_classes, classes, state_dict, mean_image (paper arch), pca
+(eigenvalues, eigenvectors), epoch, optimizer, scheduler, recipe, metrics, plus rng.
+Written to a temporary file in the same folder and renamed, so a crash never leaves a
+half-written checkpoint where a good one was.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REQUIRED = ("arch", "num_classes", "classes", "state_dict", "mean_image", "pca", "epoch", "recipe", "metrics")
+
+
+class CheckpointError(ValueError):
+    """The file is not a usable checkpoint; the message names it and says why."""
+
+
+def save(path: str | Path, payload: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Load and validate a checkpoint; raises CheckpointError with one readable line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on a foreign file; all mean "not a checkpoint"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a torch.save file): {first}") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path} holds a {type(payload).__name__}, not a checkpoint dict")
+    missing = [k for k in REQUIRED if k not in payload]
+    if missing:
+        hint = " (a bare state_dict? use alexnet-export --torchvision-weights)" if "state_dict" in missing else ""
+        raise CheckpointError(f"{path} is not an AlexNet checkpoint: missing {', '.join(missing)}{hint}")
+    if payload["arch"] not in ("paper", "torchvision"):
+        raise CheckpointError(f"{path}: unknown arch {payload['arch']!r}")
+    if len(payload["classes"]) != payload["num_classes"]:
+        raise CheckpointError(f"{path}: {len(payload['classes'])} class names for num_classes={payload['num_classes']}")
+    if payload["arch"] == "paper" and payload["mean_image"] is None:
+        raise CheckpointError(f"{path}: the paper arch needs mean_image")
+    return payload
+
+
+def build_model(payload: dict[str, Any]) -> torch.nn.Module:
+    """The network of a loaded checkpoint, weights in, eval mode."""
+    from train.model import alexnet
+
+    model = alexnet(payload["arch"], payload["num_classes"], init="torchvision")
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"state_dict does not fit the {payload['arch']} arch: {first}") from None
+    return model.eval()

@@ -1,0 +1,254 @@
+"""alexnet-train: train AlexNet with the 2012 recipe, or evaluate a checkpoint.
+
+    alexnet-train --data fashion-mnist --preset demo --epochs 2 --train-limit 8000
+    torchrun --nproc-per-node 8 -m train --data /data/imagenet --out runs/paper
+    alexnet-train --evaluate runs/paper/checkpoint.pt --data /data/imagenet --crops 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DistributedSampler, Subset
+
+from train import checkpoint, data, distributed, engine, report
+from train.checkpoint import CheckpointError
+from train.data import DataError
+from train.model import alexnet, count_parameters
+from train.recipe import PRESETS, Recipe, RecipeError, resolve
+from train.transforms import CropAverage, normalisation, random_crops
+
+log = logging.getLogger("alexnet-train")
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alexnet-train",
+        description="Train AlexNet with the recipe of Krizhevsky et al. 2012, or evaluate a checkpoint.",
+        epilog="Recipe flags default to the paper's values; --preset applies a named deviation first.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        add_help=add_help,
+    )
+    parser.add_argument("--data", required=True, help="fashion-mnist, a folder of its IDX files, or an ImageFolder root (DIR/train, DIR/val)")
+    parser.add_argument("--out", type=Path, default=Path("runs/alexnet"), help="folder for checkpoint.pt, metrics.jsonl, curves.png")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="named recipe overrides (see README)")
+    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT", help="continue from CHECKPOINT (default: OUT/checkpoint.pt)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--evaluate", type=Path, metavar="CHECKPOINT", help="only evaluate CHECKPOINT on the validation split")
+    parser.add_argument("--crops", type=int, choices=(1, 10), default=10, help="with --evaluate: centre crop only, or also the 10-crop average")
+    parser.add_argument("--json", action="store_true", help="with --evaluate: print the result as JSON")
+    parser.add_argument("-v", "--verbose", action="store_true")
+
+    group = parser.add_argument_group("recipe (the paper's numbers; section in brackets)")
+    for f in dataclasses.fields(Recipe):
+        flag = "--" + f.name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": f"recipe.{f.name}", "default": argparse.SUPPRESS, "help": f"{f.metadata['help']} (default: {f.default})"}
+        if f.type in ("bool", bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+        group.add_argument(flag, **kwargs)
+    return parser
+
+
+def _explicit_recipe(args: argparse.Namespace) -> dict[str, Any]:
+    return {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("recipe.")}
+
+
+def _autocast(device: torch.device, enabled: bool):
+    # One code path: autocast is a value (enabled or not), never a branch in the loop.
+    return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def _seed_epoch(recipe: Recipe, epoch: int, rank: int) -> torch.Generator:
+    """Everything random in epoch ``epoch`` follows from (seed, epoch, rank): resumes are exact."""
+    seed = recipe.seed * 1_000_003 + epoch * 1009 + rank
+    torch.manual_seed(seed)  # dropout
+    return torch.Generator().manual_seed(seed)  # crops, flips, PCA colour
+
+
+def _shard(indices: list[int], ctx: distributed.Context) -> list[int]:
+    return indices[ctx.rank :: ctx.world_size]
+
+
+def train(args: argparse.Namespace, ctx: distributed.Context) -> dict[str, Any]:
+    explicit = _explicit_recipe(args)
+    resume_path = None
+    if args.resume is not None:
+        resume_path = Path(args.resume) if args.resume else args.out / CHECKPOINT_NAME
+    state = checkpoint.load(resume_path) if resume_path else None
+    if state:
+        saved = Recipe.from_dict(state["recipe"])
+        if "arch" in explicit and explicit["arch"] != saved.arch:
+            raise CheckpointError(f"{resume_path} is a {saved.arch} checkpoint; cannot resume it as --arch {explicit['arch']}")
+        # Shape-defining settings come from the checkpoint; the rest may be overridden (e.g. --epochs).
+        recipe = Recipe.from_dict({**saved.to_dict(), **explicit})
+    else:
+        recipe = resolve(args.preset, **explicit)
+
+    train_set = data.open_split(args.data, "train")
+    val_set = data.open_split(args.data, "val")
+    classes = list(train_set.classes)
+    if list(val_set.classes) != classes:
+        raise DataError(f"train and val have different classes: {classes} vs {list(val_set.classes)}")
+    if state and (state["num_classes"] != len(classes) or list(state["classes"]) != classes):
+        raise CheckpointError(
+            f"{resume_path} was trained on {state['num_classes']} classes; the data has {len(classes)} "
+            f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})"
+        )
+    train_idx = data.subset_indices(len(train_set), recipe.train_limit, recipe.seed) or list(range(len(train_set)))
+    val_idx = data.subset_indices(len(val_set), recipe.val_limit, recipe.seed + 1) or list(range(len(val_set)))
+
+    if state:
+        mean_image = state["mean_image"]
+        eigenvalues, eigenvectors = state["pca"]["eigenvalues"], state["pca"]["eigenvectors"]
+    else:
+        stats_idx = train_idx[: recipe.stats_images] if recipe.stats_images else train_idx
+        if ctx.is_main:
+            log.info("training-set statistics over %d images", len(stats_idx))
+            data.compute_stats(train_set, stats_idx, args.out, recipe.workers)
+        distributed.barrier(ctx)  # the other ranks read rank 0's cache
+        mean_np, eval_np, evec_np = data.compute_stats(train_set, stats_idx, args.out, recipe.workers)
+        mean_image = torch.from_numpy(mean_np)
+        eigenvalues, eigenvectors = torch.from_numpy(eval_np), torch.from_numpy(evec_np)
+
+    torch.manual_seed(recipe.seed)  # the same initial weights on every rank
+    model = alexnet(recipe.arch, len(classes), dropout=recipe.dropout, init=recipe.init, init_std=recipe.init_std, init_bias=recipe.init_bias)
+    memory_format = torch.channels_last if (recipe.channels_last and ctx.device.type == "cuda") else torch.contiguous_format
+    model = model.to(ctx.device, memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=recipe.lr_factor, patience=recipe.patience,
+        min_lr=recipe.lr * recipe.lr_factor**recipe.max_reductions,
+    )  # fmt: skip
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if state:
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = list(state["metrics"])
+        start_epoch = int(state["epoch"]) + 1
+        log.info("resumed from %s at epoch %d", resume_path, start_epoch)
+
+    net = model
+    if ctx.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+    offset, scale = normalisation(recipe.arch, mean_image, recipe.input_scale)
+    offset, scale = offset.to(ctx.device), scale.to(ctx.device)
+    classifier = CropAverage(model, offset, scale, crops=recipe.eval_crops).to(ctx.device)
+    autocast = _autocast(ctx.device, recipe.amp)
+    per_rank_batch = max(1, recipe.batch_size // ctx.world_size)
+    sampler = DistributedSampler(Subset(train_set, train_idx), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=recipe.seed)
+    pin = ctx.device.type == "cuda"
+    train_loader = data.make_loader(Subset(train_set, train_idx), per_rank_batch, sampler, recipe.workers, pin)
+    val_loader = data.make_loader(val_set, per_rank_batch, _shard(val_idx, ctx), recipe.workers, pin)
+
+    if ctx.is_main:
+        args.out.mkdir(parents=True, exist_ok=True)
+        log.info(
+            "%s arch, %d classes, %s parameters; %d train / %d val images; %d rank(s) on %s",
+            recipe.arch, len(classes), f"{count_parameters(model):,}", len(train_idx), len(val_idx), ctx.world_size, ctx.device,
+        )  # fmt: skip
+    for epoch in range(start_epoch, recipe.epochs):
+        generator = _seed_epoch(recipe, epoch, ctx.rank)
+        sampler.set_epoch(epoch)
+        transform = partial(
+            random_crops, offset=offset, scale=scale, eigenvalues=eigenvalues, eigenvectors=eigenvectors,
+            pca_std=recipe.pca_std, flip=recipe.flip, generator=generator,
+        )  # fmt: skip
+        lr = optimizer.param_groups[0]["lr"]
+        result = engine.train_one_epoch(net, train_loader, optimizer, transform, ctx, autocast, memory_format, f"epoch {epoch + 1}/{recipe.epochs}")
+        val = engine.evaluate(classifier, val_loader, ctx, autocast, desc="validate")
+        scheduler.step(val["top1_centre_error"])
+        row = {
+            "epoch": epoch + 1, "lr": lr, "train_loss": result.loss, "train_error": result.error,
+            "train_images": result.images, "train_img_per_s": result.images / result.seconds,
+            "skipped": len(result.problems), **{f"val_{k}": v for k, v in val.items()},
+        }  # fmt: skip
+        history.append(row)
+        if result.problems:
+            shown = "; ".join(result.problems[:10]) + (f"; ... {len(result.problems) - 10} more" if len(result.problems) > 10 else "")
+            log.warning("epoch %d: skipped %d unreadable image(s): %s", epoch + 1, len(result.problems), shown)
+        if ctx.is_main:
+            payload = {
+                "arch": recipe.arch, "num_classes": len(classes), "classes": classes,
+                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "mean_image": torch.as_tensor(mean_image).float(),
+                "pca": {"eigenvalues": torch.as_tensor(eigenvalues), "eigenvectors": torch.as_tensor(eigenvectors)},
+                "epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "recipe": recipe.to_dict(), "metrics": history, "rng": torch.get_rng_state(),
+            }  # fmt: skip
+            checkpoint.save(args.out / CHECKPOINT_NAME, payload)
+            report.append_jsonl(args.out / "metrics.jsonl", row)
+            report.plot_curves(args.out / "curves.png", history)
+            log.info(
+                "epoch %d: train loss %.4f err %.3f (%.1f img/s) | val top-1 %.3f top-5 %.3f (centre) | lr %g",
+                epoch + 1, result.loss, result.error, row["train_img_per_s"], val["top1_centre_error"], val["top5_centre_error"], lr,
+            )  # fmt: skip
+        distributed.barrier(ctx)
+    digest = distributed.check_replicas(model, ctx)
+    if ctx.is_main and ctx.enabled:
+        log.info("all %d ranks hold identical weights (sha256 %s)", ctx.world_size, digest[:16])
+    return history[-1] if history else {}
+
+
+def evaluate_checkpoint(args: argparse.Namespace, ctx: distributed.Context) -> dict[str, Any]:
+    state = checkpoint.load(args.evaluate)
+    model = checkpoint.build_model(state).to(ctx.device)
+    val_set = data.open_split(args.data, "val")
+    if list(val_set.classes) != list(state["classes"]):
+        raise DataError(f"{args.evaluate} was trained on {state['num_classes']} classes; {args.data} has {len(val_set.classes)}")
+    recipe = Recipe.from_dict(state["recipe"])
+    explicit = _explicit_recipe(args)
+    limit = explicit.get("val_limit", 0)
+    batch = explicit.get("batch_size", 64)
+    val_idx = data.subset_indices(len(val_set), limit, recipe.seed + 1) or list(range(len(val_set)))
+    offset, scale = normalisation(state["arch"], state["mean_image"], recipe.input_scale)
+    classifier = CropAverage(model, offset, scale, crops=args.crops).to(ctx.device)
+    loader = data.make_loader(val_set, batch, _shard(val_idx, ctx), explicit.get("workers", recipe.workers), ctx.device.type == "cuda")
+    return engine.evaluate(classifier, loader, ctx, _autocast(ctx.device, recipe.amp), desc="evaluate")
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    ctx = distributed.init(args.device)
+    if not ctx.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        if args.evaluate:
+            result = evaluate_checkpoint(args, ctx)
+            if ctx.is_main:
+                print(json.dumps(result, indent=2) if args.json else "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+        else:
+            train(args, ctx)
+    finally:
+        distributed.shutdown(ctx)
+    return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        return main(args)
+    except (DataError, CheckpointError, RecipeError) as exc:
+        print(f"alexnet-train: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("alexnet-train: interrupted; the last finished epoch is in the checkpoint (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
