@@ -1,0 +1,5 @@
+import sys
+
+from export.cli import cli
+
+sys.exit(cli())

@@ -1,0 +1,91 @@
+"""Benchmark: the exported 10-crop classifier in ONNX Runtime against PyTorch eager, same run.
+
+    python -m export.bench                         # paper arch, 1000 classes, random weights
+    python -m export.bench runs/demo/checkpoint.pt --batch-sizes 1,8 --seconds 20 --json bench.json
+
+Both run the identical procedure (uint8 IMAGE -> 10 crops -> softmax -> mean) on the same
+inputs with the same number of threads; the table gives images/s and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export import check, onnx_graph, source
+from train.transforms import normalisation
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__.split("\n\n")[0], add_help=add_help,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    parser.add_argument("checkpoint", nargs="?", type=Path, help="a train/ checkpoint (default: random weights)")
+    parser.add_argument("--arch", choices=("paper", "torchvision"), default="paper", help="without a checkpoint")
+    parser.add_argument("--classes", type=int, default=1000, help="without a checkpoint")
+    parser.add_argument("--crops", type=int, choices=(1, 10), default=10)
+    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured time per runtime and batch size")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
+    parser.add_argument("--threads", type=int, default=0, help="threads for both runtimes (0 = all cores)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    return parser
+
+
+def measure(run, batch: np.ndarray, seconds: float, warmup: int) -> dict[str, float]:
+    for _ in range(warmup):
+        run(batch)
+    times = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or len(times) < 3:
+        t0 = time.perf_counter()
+        run(batch)
+        times.append(time.perf_counter() - t0)
+    total = sum(times)
+    return {"images_per_s": len(times) * len(batch) / total, "latency_ms_p50": 1000 * float(np.median(times)), "runs": len(times)}
+
+
+def main(args: argparse.Namespace) -> int:
+    threads = args.threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    if args.checkpoint:
+        src = source.from_checkpoint(args.checkpoint)
+    else:
+        from train.model import alexnet
+
+        torch.manual_seed(0)
+        net = alexnet(args.arch, args.classes, init="kaiming").eval()
+        offset, scale = normalisation(args.arch, np.full((3, 256, 256), 114.0, np.float32))
+        src = source.Source(args.arch, [str(i) for i in range(args.classes)], net, offset, scale, f"random {args.arch}")
+    classifier = src.classifier(args.crops)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx_graph.write(classifier, path, len(src.classes), {})
+        runtimes = {"pytorch-eager": check.torch_runner(classifier), "onnxruntime": check.onnxruntime_runner(path, threads)}
+        for n in [int(b) for b in args.batch_sizes.split(",")]:
+            batch = np.random.default_rng(n).integers(0, 256, (n, 3, 256, 256), dtype=np.uint8)
+            results = {name: measure(run, batch, args.seconds, args.warmup) for name, run in runtimes.items()}
+            base = results["pytorch-eager"]["images_per_s"]
+            for name, r in results.items():
+                rows.append({"runtime": name, "batch": n, **r, "ratio_vs_eager": r["images_per_s"] / base})
+    print(f"{src.origin}, {args.crops}-crop, {threads} threads, {platform.processor() or platform.machine()}, torch {torch.__version__}")
+    print(f"{'runtime':<15}{'batch':>6}{'images/s':>10}{'p50 ms':>9}{'vs eager':>10}")
+    for r in rows:
+        print(f"{r['runtime']:<15}{r['batch']:>6}{r['images_per_s']:>10.2f}{r['latency_ms_p50']:>9.1f}{r['ratio_vs_eager']:>9.2f}x")
+    if args.json:
+        meta = {"source": src.origin, "crops": args.crops, "threads": threads, "cpu_count": os.cpu_count(), "torch": torch.__version__}
+        args.json.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

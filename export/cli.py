@@ -1,0 +1,117 @@
+"""alexnet-export: a checkpoint (or torchvision's weights) -> the 10-crop ONNX classifier in the Triton repository.
+
+    alexnet-export runs/demo/checkpoint.pt
+    alexnet-export --torchvision-weights alexnet-owt-7be5be79.pth --repository /srv/models
+    alexnet-export runs/demo/checkpoint.pt --tensorrt --fp16 --max-batch 64 --version 1 --force
+
+Exit codes: 0 written; 1 a self-check failed (nothing written); 2 bad input or usage;
+3 TensorRT asked for but unavailable here (nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from pathlib import Path
+
+from export import check, onnx_graph, repository, source, tensorrt_engine
+from export.check import CheckFailed
+from export.repository import RepositoryError
+from train.checkpoint import CheckpointError
+
+EXIT_CHECK, EXIT_USAGE, EXIT_NO_TENSORRT = 1, 2, 3
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alexnet-export",
+        description="Export AlexNet as the 10-crop ONNX classifier (IMAGE uint8 [N,3,256,256] -> PROBS [N,C]) "
+        "into a Triton model repository, check it against PyTorch, optionally build a TensorRT engine.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        add_help=add_help,
+    )
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("checkpoint", nargs="?", type=Path, help="a checkpoint written by alexnet-train")
+    src.add_argument("--torchvision-weights", type=Path, metavar="FILE.pth", help="torchvision's released AlexNet state_dict (ImageNet, 1000 classes)")
+    parser.add_argument("--repository", type=Path, default=repository.PROJECT_REPOSITORY, help="the Triton model repository to write into")
+    parser.add_argument("--version", type=int, help="model version folder (default: the next one)")
+    parser.add_argument("--force", action="store_true", help="replace an existing version / relabel")
+    parser.add_argument("--crops", type=int, choices=(1, 10), default=10, help="10: the paper's test-time average [4.1]; 1: centre crop only")
+    parser.add_argument("--check-images", type=Path, metavar="DIR", help="more photographs for the self-check (default: matplotlib's sample photos)")
+    trt = parser.add_argument_group("TensorRT (GPU hosts)")
+    trt.add_argument("--tensorrt", action="store_true", help="also build model.plan with the TensorRT Python API")
+    trt.add_argument("--fp16", action="store_true", help="allow FP16 kernels in the engine")
+    trt.add_argument("--max-batch", type=int, default=64, help="the engine's optimisation profile: batch 1..MAX, tuned for MAX")
+    return parser
+
+
+def _photos(folder: Path | None) -> list[Path]:
+    photos = check.sample_photographs()
+    if folder is not None:
+        if not folder.is_dir():
+            raise RepositoryError(f"--check-images {folder} is not a folder")
+        photos += sorted(p for p in folder.iterdir() if p.is_file() and check.imaging.sniff(p))
+    return photos
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.max_batch < 1:
+        raise RepositoryError(f"--max-batch must be >= 1, got {args.max_batch}")
+    if args.tensorrt and (reason := tensorrt_engine.unavailable()):
+        print(f"alexnet-export: {reason}; nothing written", file=sys.stderr)
+        return EXIT_NO_TENSORRT
+    src = source.from_checkpoint(args.checkpoint) if args.checkpoint else source.from_torchvision_weights(args.torchvision_weights)
+    repo = repository.prepare(args.repository)
+    version = repository.choose_version(repo, args.version, args.force)
+    repository.check_labels(repo, src.classes, version, args.force)
+    photos = _photos(args.check_images)
+    classifier = src.classifier(args.crops)
+
+    started = time.perf_counter()
+    with repository.staging(repo) as stage:
+        onnx_path = stage / "model.onnx"
+        metadata = {"arch": src.arch, "crops": args.crops, "classes": len(src.classes), "source": src.origin}
+        onnx_graph.write(classifier, onnx_path, len(src.classes), metadata)
+        report = check.check_onnx(classifier, onnx_path, photos)
+        print(f"ONNX Runtime vs PyTorch: {report.line()}")
+        manifest = {
+            **metadata,
+            "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "onnx": {"opset": onnx_graph.OPSET, "check": report.__dict__},
+        }
+        if args.tensorrt:
+            plan = stage / "model.plan"
+            tensorrt_engine.build(onnx_path, plan, args.max_batch, args.fp16, repo / ".tensorrt-timing.cache")
+            cases = [(n, b[: args.max_batch]) for n, b in check.input_cases(photos)]
+            trt_report = check.compare(check.onnxruntime_runner(onnx_path), tensorrt_engine.runner(plan), cases)
+            limit = tensorrt_engine.FP16_TOLERANCE if args.fp16 else tensorrt_engine.FP32_TOLERANCE
+            print(f"TensorRT vs ONNX Runtime: {trt_report.line()}")
+            if trt_report.top1_agreement < tensorrt_engine.MIN_TOP1_AGREEMENT or trt_report.max_abs_diff > limit:
+                raise CheckFailed(f"TensorRT engine disagrees with ONNX Runtime: {trt_report.line()} (allowed {limit:g}, >= 99% top-1)")
+            manifest["tensorrt"] = {"fp16": args.fp16, "max_batch": args.max_batch, "check": trt_report.__dict__}
+        repository.write_manifest(stage, manifest)
+        target = repository.commit(repo, stage, version, src.classes)
+    print(f"wrote {target} ({', '.join(sorted(p.name for p in target.iterdir()))}) from {src.origin}, "
+          f"{len(src.classes)} classes, {args.crops}-crop, in {time.perf_counter() - started:.1f} s")  # fmt: skip
+    return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        return main(args)
+    except (CheckpointError, RepositoryError) as exc:
+        print(f"alexnet-export: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CheckFailed as exc:
+        print(f"alexnet-export: check failed, nothing written: {exc}", file=sys.stderr)
+        return EXIT_CHECK
+    except OSError as exc:
+        print(f"alexnet-export: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,72 @@
+"""Where the weights come from: a train/ checkpoint or torchvision's released state_dict file.
+
+Either way the result is the same ``Source``: the PyTorch reference of the served
+procedure (``CropAverage``: uint8 IMAGE -> PROBS), the class names, and a description.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from train import checkpoint
+from train.checkpoint import CheckpointError
+from train.model import alexnet
+from train.recipe import Recipe
+from train.transforms import CropAverage, normalisation
+
+
+@dataclass
+class Source:
+    arch: str
+    classes: list[str]
+    net: torch.nn.Module  # eval mode, weights loaded
+    offset: torch.Tensor
+    scale: torch.Tensor
+    origin: str
+
+    def classifier(self, crops: int) -> CropAverage:
+        return CropAverage(self.net, self.offset, self.scale, crops).eval()
+
+
+def from_checkpoint(path: str | Path) -> Source:
+    state = checkpoint.load(path)
+    net = checkpoint.build_model(state)
+    input_scale = Recipe.from_dict(state["recipe"]).input_scale if state["arch"] == "paper" else 1.0
+    offset, scale = normalisation(state["arch"], state["mean_image"], input_scale)
+    origin = f"{Path(path).name} ({state['arch']}, epoch {int(state['epoch']) + 1})"
+    return Source(state["arch"], list(state["classes"]), net, offset, scale, origin)
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet class names in index order, from torchvision's own metadata."""
+    from torchvision.models import AlexNet_Weights
+
+    return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def from_torchvision_weights(path: str | Path) -> Source:
+    """A state_dict file as torchvision distributes it (e.g. ``alexnet-owt-7be5be79.pth``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every failure here means "not a state_dict file"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path} is not a readable torch state_dict file: {first}") from None
+    if isinstance(state_dict, dict) and "state_dict" in state_dict and "arch" in state_dict:
+        raise CheckpointError(f"{path} is a train/ checkpoint: pass it as CHECKPOINT, not --torchvision-weights")
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError(f"{path} does not hold a state_dict (a dict of tensors)")
+    classes = imagenet_classes()
+    net = alexnet("torchvision", len(classes), init="torchvision")
+    try:
+        net.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path} does not fit torchvision's AlexNet (1000 classes): {first}") from None
+    offset, scale = normalisation("torchvision", None)
+    return Source("torchvision", classes, net.eval(), offset, scale, f"{path.name} (torchvision weights)")

@@ -1,0 +1,56 @@
+"""Triton python backend: alexnet on the CPU, ONNX Runtime running the exported model.onnx.
+
+Every request of a dynamically batched call goes through one ONNX Runtime run; each gets
+exactly one response.  A request whose IMAGE is not uint8 [n,3,256,256] gets an
+INVALID_ARG error naming the problem while the others succeed.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+SHAPE = (3, 256, 256)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        threads = int(params.get("intra_op_threads", "0")) or len(os.sched_getaffinity(0))
+        filename = params.get("onnx_file", "model.onnx")
+        path = Path(args["model_repository"]) / args["model_version"] / filename
+        if not path.is_file():
+            raise pb_utils.TritonModelException(f"{path} is missing: run alexnet-export first")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def execute(self, requests):
+        batches, problems = [], []
+        for request in requests:
+            image = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy()
+            problem = None
+            if image.dtype != np.uint8:
+                problem = f"IMAGE must be uint8, got {image.dtype}"
+            elif image.ndim != 4 or image.shape[1:] != SHAPE:
+                problem = f"IMAGE must be [N,3,256,256], got {list(image.shape)}"
+            batches.append(None if problem else image)
+            problems.append(problem)
+        good = [b for b in batches if b is not None]
+        probs = self.session.run(["PROBS"], {"IMAGE": np.concatenate(good)})[0] if good else None
+        responses, start = [], 0
+        for batch, problem in zip(batches, problems):
+            if problem:
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[], error=pb_utils.TritonError(problem, pb_utils.TritonError.INVALID_ARG)))
+                continue
+            end = start + len(batch)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("PROBS", probs[start:end])]))
+            start = end
+        return responses
