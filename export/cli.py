@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,6 +37,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("checkpoint", nargs="?", type=Path, help="a checkpoint written by alexnet-train")
     src.add_argument("--torchvision-weights", type=Path, metavar="FILE.pth", help="torchvision's released AlexNet state_dict (ImageNet, 1000 classes)")
+    src.add_argument("--plan-only", action="store_true", help="build model.plan beside the model.onnx already in --version (default: the latest); implies --tensorrt")
     parser.add_argument("--repository", type=Path, default=repository.PROJECT_REPOSITORY, help="the Triton model repository to write into")
     parser.add_argument("--version", type=int, help="model version folder (default: the next one)")
     parser.add_argument("--force", action="store_true", help="replace an existing version / relabel")
@@ -59,9 +62,11 @@ def _photos(folder: Path | None) -> list[Path]:
 def main(args: argparse.Namespace) -> int:
     if args.max_batch < 1:
         raise RepositoryError(f"--max-batch must be >= 1, got {args.max_batch}")
-    if args.tensorrt and (reason := tensorrt_engine.unavailable()):
+    if (args.tensorrt or args.plan_only) and (reason := tensorrt_engine.unavailable()):
         print(f"alexnet-export: {reason}; nothing written", file=sys.stderr)
         return EXIT_NO_TENSORRT
+    if args.plan_only:
+        return plan_only(args)
     src = source.from_checkpoint(args.checkpoint) if args.checkpoint else source.from_torchvision_weights(args.torchvision_weights)
     repo = repository.prepare(args.repository)
     version = repository.choose_version(repo, args.version, args.force)
@@ -82,19 +87,45 @@ def main(args: argparse.Namespace) -> int:
             "onnx": {"opset": onnx_graph.OPSET, "check": report.__dict__},
         }
         if args.tensorrt:
-            plan = stage / "model.plan"
-            tensorrt_engine.build(onnx_path, plan, args.max_batch, args.fp16, repo / ".tensorrt-timing.cache")
-            cases = [(n, b[: args.max_batch]) for n, b in check.input_cases(photos)]
-            trt_report = check.compare(check.onnxruntime_runner(onnx_path), tensorrt_engine.runner(plan), cases)
-            limit = tensorrt_engine.FP16_TOLERANCE if args.fp16 else tensorrt_engine.FP32_TOLERANCE
-            print(f"TensorRT vs ONNX Runtime: {trt_report.line()}")
-            if trt_report.top1_agreement < tensorrt_engine.MIN_TOP1_AGREEMENT or trt_report.max_abs_diff > limit:
-                raise CheckFailed(f"TensorRT engine disagrees with ONNX Runtime: {trt_report.line()} (allowed {limit:g}, >= 99% top-1)")
-            manifest["tensorrt"] = {"fp16": args.fp16, "max_batch": args.max_batch, "check": trt_report.__dict__}
+            manifest["tensorrt"] = _build_plan(args, onnx_path, stage / "model.plan", repo, photos)
         repository.write_manifest(stage, manifest)
         target = repository.commit(repo, stage, version, src.classes)
     print(f"wrote {target} ({', '.join(sorted(p.name for p in target.iterdir()))}) from {src.origin}, "
           f"{len(src.classes)} classes, {args.crops}-crop, in {time.perf_counter() - started:.1f} s")  # fmt: skip
+    return 0
+
+
+def _build_plan(args: argparse.Namespace, onnx_path: Path, plan: Path, repo: Path, photos: list[Path]) -> dict:
+    """Build the engine, check it against ONNX Runtime; raise CheckFailed on a mismatch."""
+    tensorrt_engine.build(onnx_path, plan, args.max_batch, args.fp16, repo / ".tensorrt-timing.cache")
+    cases = [(n, b[: args.max_batch]) for n, b in check.input_cases(photos)]
+    report = check.compare(check.onnxruntime_runner(onnx_path), tensorrt_engine.runner(plan), cases)
+    limit = tensorrt_engine.FP16_TOLERANCE if args.fp16 else tensorrt_engine.FP32_TOLERANCE
+    print(f"TensorRT vs ONNX Runtime: {report.line()}")
+    if report.top1_agreement < tensorrt_engine.MIN_TOP1_AGREEMENT or report.max_abs_diff > limit:
+        raise CheckFailed(f"TensorRT engine disagrees with ONNX Runtime: {report.line()} (allowed {limit:g}, >= 99% top-1)")
+    return {"fp16": args.fp16, "max_batch": args.max_batch, "check": report.__dict__}
+
+
+def plan_only(args: argparse.Namespace) -> int:
+    """The container's start: an engine for this GPU beside an ONNX file exported elsewhere."""
+    repo = Path(args.repository)
+    existing = repository.versions(repo)
+    version = args.version if args.version is not None else (existing[-1] if existing else None)
+    folder = repo / repository.MODEL / str(version)
+    if version is None or not (folder / "model.onnx").is_file():
+        raise RepositoryError(f"no model.onnx in {folder if version else repo / repository.MODEL}: run alexnet-export CHECKPOINT first")
+    if (folder / "model.plan").is_file() and not args.force:
+        raise RepositoryError(f"{folder / 'model.plan'} already exists (pass --force to rebuild it)")
+    with repository.staging(repo) as stage:
+        info = _build_plan(args, folder / "model.onnx", stage / "model.plan", repo, _photos(args.check_images))
+        manifest_path = folder / "export.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        manifest["tensorrt"] = info
+        (stage / "export.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.replace(stage / "model.plan", folder / "model.plan")
+        os.replace(stage / "export.json", manifest_path)
+    print(f"wrote {folder / 'model.plan'}")
     return 0
 
 

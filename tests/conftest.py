@@ -61,3 +61,26 @@ def make_image_folder(root: Path, classes: int = 3, per_class: int = 4, seed: in
                 pixels[:, :, c % 3] = 200
                 Image.fromarray(pixels).save(folder / f"img_{i}.jpg", quality=90)
     return root
+
+
+@pytest.fixture(scope="session")
+def served_repository(tmp_path_factory) -> Path:
+    """A repository exported from a small 3-class checkpoint: what the server tests serve."""
+    from export import cli as export_cli
+    from tests.helpers import small_checkpoint
+
+    folder = tmp_path_factory.mktemp("served")
+    ckpt = small_checkpoint(folder / "small.pt", num_classes=3)
+    repo = folder / "model_repository"
+    assert export_cli.cli([str(ckpt), "--repository", str(repo)]) == 0
+    return repo
+
+
+@pytest.fixture(scope="session")
+def triton_server(served_repository, tmp_path_factory):
+    """The real tritonserver (the nvidia-pytriton wheel's binary here), cpu config, free loopback ports."""
+    from tests import serving
+
+    server = serving.start(served_repository, tmp_path_factory.mktemp("triton") / "tritonserver.log")
+    yield server
+    server.stop()

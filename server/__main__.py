@@ -1,0 +1,5 @@
+import sys
+
+from server.cli import cli
+
+sys.exit(cli())

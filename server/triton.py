@@ -1,0 +1,121 @@
+"""Finding and preparing a ``tritonserver`` binary, and building its command line.
+
+Three places, in order: ``tritonserver`` on PATH, ``/opt/tritonserver/bin`` (the NGC
+container), the binary inside the ``nvidia-pytriton`` wheel.  The wheel's Triton needs two
+things a container has built in: its bundled shared libraries on LD_LIBRARY_PATH, and a
+python backend folder holding the stub built for the running Python.  The stub embeds
+that Python and imports what this environment has (numpy, Pillow, onnxruntime, the
+project itself), so it is started with this venv first on PATH.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ServeError(RuntimeError):
+    """alexnet-serve cannot start; the message says what to run to fix it."""
+
+
+@dataclass
+class Triton:
+    binary: Path
+    source: str  # "PATH", "/opt/tritonserver", "nvidia-pytriton wheel"
+    backend_directory: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _wheel_root() -> Path | None:
+    try:
+        import pytriton
+    except ImportError:
+        return None
+    root = Path(pytriton.__file__).resolve().parent
+    return root if (root / "tritonserver" / "bin" / "tritonserver").is_file() else None
+
+
+def find() -> Triton:
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return Triton(Path(on_path), "PATH")
+    container = Path("/opt/tritonserver/bin/tritonserver")
+    if container.is_file():
+        return Triton(container, "/opt/tritonserver")
+    root = _wheel_root()
+    if root is None:
+        raise ServeError("no tritonserver found (PATH, /opt/tritonserver/bin, nvidia-pytriton): run `make install` or pip install nvidia-pytriton")
+    return Triton(root / "tritonserver" / "bin" / "tritonserver", "nvidia-pytriton wheel")
+
+
+def prepare_wheel_backends(triton: Triton, workdir: Path) -> Triton:
+    """Lay out ``workdir/backends/python`` with the wheel's backend and the stub for this Python."""
+    if triton.source != "nvidia-pytriton wheel":
+        return triton
+    dist = triton.binary.parents[1]
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServeError(f"nvidia-pytriton has no python backend stub for Python {version} ({stub})")
+    python_backend = workdir / "backends" / "python"
+    python_backend.mkdir(parents=True, exist_ok=True)
+    for item in (dist / "backends" / "python").iterdir():
+        if item.is_file():
+            (python_backend / item.name).symlink_to(item)
+    shutil.copy2(stub, python_backend / "triton_python_backend_stub")
+    libs = dist.parents[1] / "nvidia_pytriton.libs"
+    env = {
+        "LD_LIBRARY_PATH": os.pathsep.join(p for p in (str(libs), os.environ.get("LD_LIBRARY_PATH", "")) if p),
+    }
+    triton.backend_directory = workdir / "backends"
+    triton.env = env
+    return triton
+
+
+def environment(triton: Triton) -> dict[str, str]:
+    """The server's environment: this venv first on PATH, the project importable, the wheel's libraries."""
+    env = dict(os.environ)
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])
+    env["VIRTUAL_ENV"] = sys.prefix
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.update(triton.env)
+    return env
+
+
+def command(
+    triton: Triton,
+    repository: Path,
+    config_name: str | None,
+    host: str,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    log_verbose: int = 0,
+) -> list[str]:
+    cmd = [
+        str(triton.binary),
+        f"--model-repository={repository}",
+        # Nobody loads or unloads models remotely: the repository is what is served.
+        "--model-control-mode=none",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        f"--http-address={host}",
+        f"--http-port={http_port}",
+        f"--grpc-address={host}",
+        f"--grpc-port={grpc_port}",
+        "--allow-metrics=true",
+        f"--metrics-address={host}",
+        f"--metrics-port={metrics_port}",
+        f"--log-verbose={log_verbose}",
+    ]
+    if config_name:
+        cmd.append(f"--model-config-name={config_name}")
+    if triton.backend_directory:
+        cmd.append(f"--backend-directory={triton.backend_directory}")
+    return cmd
