@@ -1,0 +1,5 @@
+import sys
+
+from clients.classify_cli import cli
+
+sys.exit(cli())

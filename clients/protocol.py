@@ -1,0 +1,155 @@
+"""One small adapter over tritonclient's HTTP and gRPC clients.
+
+Everything above it (the Classifier, the CLIs, the benchmark) speaks to ``Connection``
+and never branches on the protocol.  Errors come out as ``ServerError`` with a kind:
+``unreachable`` / ``unavailable`` (worth retrying: the server is down or restarting),
+``refused`` (the server rejected this input; retrying will not help) or ``other``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tritonclient.utils import InferenceServerException
+
+DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
+PROTOCOLS = tuple(DEFAULT_URLS)
+
+
+class ServerError(Exception):
+    """A readable failure talking to Triton; ``kind`` says whether retrying can help."""
+
+    def __init__(self, message: str, kind: str = "other") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    @property
+    def transient(self) -> bool:
+        return self.kind in ("unreachable", "unavailable")
+
+
+def _translate(exc: BaseException, url: str, model: str | None = None) -> ServerError:
+    if isinstance(exc, ServerError):
+        return exc
+    if isinstance(exc, (ConnectionError, OSError, TimeoutError)) and not isinstance(exc, InferenceServerException):
+        return ServerError(f"cannot reach Triton at {url} ({exc.__class__.__name__}): is alexnet-serve running?", "unreachable")
+    if isinstance(exc, InferenceServerException):
+        status = str(exc.status() or "")
+        message = exc.message() or str(exc)
+        if "UNAVAILABLE" in status and ("connect" in message.lower() or "socket" in message.lower()):
+            return ServerError(f"cannot reach Triton at {url}: is alexnet-serve running?", "unreachable")
+        lowered = message.lower()
+        if "UNAVAILABLE" in status or "not ready" in lowered or "unknown model" in lowered or "is not found" in lowered or "server is stopping" in lowered or status in ("502", "503"):
+            what = f"model '{model}'" if model else "the server"
+            return ServerError(f"{what} is not available at {url}: {message}", "unavailable")
+        if "INVALID_ARG" in status or status == "400" or "in ensemble" in lowered:
+            return ServerError(message.replace("in ensemble 'classify', ", ""), "refused")
+        return ServerError(f"Triton error ({status}): {message}", "other")
+    return ServerError(f"{exc.__class__.__name__}: {exc}", "other")
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    input_name: str
+    input_datatype: str
+    input_dims: list[int]
+    output_name: str
+    max_batch_size: int
+    labels: bool
+
+
+class Connection:
+    """A Triton endpoint over one protocol: readiness, model description, inference, statistics."""
+
+    def __init__(self, url: str | None = None, protocol: str = "grpc", concurrency: int = 8, timeout: float = 60.0) -> None:
+        if protocol not in PROTOCOLS:
+            raise ServerError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        self.protocol = protocol
+        self.url = url or DEFAULT_URLS[protocol]
+        self.timeout = timeout
+        if protocol == "http":
+            import tritonclient.http as module
+
+            self._client = module.InferenceServerClient(self.url, concurrency=concurrency, network_timeout=timeout, connection_timeout=timeout)
+        else:
+            import tritonclient.grpc as module
+
+            self._client = module.InferenceServerClient(self.url)
+        self._module = module
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, fn, *args, model: str | None = None, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes one readable ServerError
+            raise _translate(exc, self.url, model) from None
+
+    def _as_dict(self, result: Any) -> dict:
+        return result if isinstance(result, dict) else json.loads(json.dumps(result))
+
+    def server_ready(self) -> bool:
+        return bool(self._call(self._client.is_server_ready))
+
+    def model_ready(self, model: str) -> bool:
+        return bool(self._call(self._client.is_model_ready, model, model=model))
+
+    def metadata(self, model: str) -> dict:
+        kwargs = {"as_json": True} if self.protocol == "grpc" else {}
+        return self._call(self._client.get_model_metadata, model, model=model, **kwargs)
+
+    def config(self, model: str) -> dict:
+        kwargs = {"as_json": True} if self.protocol == "grpc" else {}
+        result = self._call(self._client.get_model_config, model, model=model, **kwargs)
+        return result.get("config", result)
+
+    def statistics(self, model: str) -> dict:
+        kwargs = {"as_json": True} if self.protocol == "grpc" else {}
+        stats = self._call(self._client.get_inference_statistics, model, model=model, **kwargs)
+        return stats["model_stats"][0] if stats.get("model_stats") else {}
+
+    def describe(self, model: str) -> ModelInfo:
+        """Ask the server what the model takes and returns, instead of hard-coding it."""
+        meta, config = self.metadata(model), self.config(model)
+        if len(meta["inputs"]) != 1 or len(meta["outputs"]) != 1:
+            raise ServerError(f"model '{model}' has {len(meta['inputs'])} inputs and {len(meta['outputs'])} outputs; expected one each")
+        inp, out = meta["inputs"][0], meta["outputs"][0]
+        max_batch = int(config.get("max_batch_size", 0))
+        dims = [int(d) for d in inp["shape"]][1 if max_batch > 0 else 0 :]
+        labelled = any(o.get("label_filename") for o in config.get("output", [])) or config.get("platform") == "ensemble"
+        return ModelInfo(model, inp["name"], inp["datatype"], dims, out["name"], max_batch, labelled)
+
+    def infer(self, info: ModelInfo, batch: np.ndarray, class_count: int = 0) -> np.ndarray:
+        """One request: ``batch`` in, the output array (or top-k strings with ``class_count``) out."""
+        inp = self._module.InferInput(info.input_name, list(batch.shape), info.input_datatype)
+        inp.set_data_from_numpy(batch)
+        out = self._module.InferRequestedOutput(info.output_name, class_count=class_count)
+        kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+        result = self._call(self._client.infer, info.name, [inp], outputs=[out], model=info.name, **kwargs)
+        return result.as_numpy(info.output_name)
+
+
+def bytes_batch(items: list[bytes]) -> np.ndarray:
+    """Encoded images as the [N,1] BYTES tensor that IMAGE_BYTES takes."""
+    return np.array([[item] for item in items], dtype=object)
+
+
+def parse_top(entries: np.ndarray) -> list[tuple[str, float]]:
+    """Triton's classification strings ``score:index:label`` -> [(label, score)], best first."""
+    out = []
+    for entry in np.asarray(entries).reshape(-1):
+        text = entry.decode("utf-8") if isinstance(entry, bytes) else str(entry)
+        score, index, *label = text.split(":", 2)
+        out.append((label[0] if label and label[0] else index, float(score)))
+    return out

@@ -1,0 +1,229 @@
+"""Clients against the real Triton: the library, alexnet-classify, alexnet-label (with a restart), alexnet-bench."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import imaging
+from clients import Classifier, ClassifierError
+from export.source import from_checkpoint
+from tests import serving
+from tests.conftest import ROOT
+
+LABELS = ["cat", "dog", "fish"]
+
+
+def run(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def expected_top(served_repository):
+    classifier = from_checkpoint(served_repository.parent / "small.pt").classifier(10)
+
+    def top(data: bytes) -> list[str]:
+        with torch.no_grad():
+            probs = classifier(torch.from_numpy(imaging.load(data))[None]).numpy()[0]
+        return [LABELS[i] for i in np.argsort(-probs)]
+
+    return top
+
+
+def make_folder(root: Path, photo_path: Path, n: int = 10) -> tuple[Path, list[Path]]:
+    """Nested folders of real images, plus a text file, an image-named text file and a corrupt JPEG."""
+    photo = Image.open(photo_path).convert("RGB")
+    images = []
+    for i in range(n):
+        folder = root / ("a" if i % 2 else "b/c")
+        folder.mkdir(parents=True, exist_ok=True)
+        j = i % 10
+        view = photo.crop((j * 20, j * 10, photo.width - j * 5, photo.height - j * 15)).resize((200 + 10 * j + i, 240))
+        path = folder / (f"img{i}.jpg" if i % 3 else f"img{i}.png")
+        view.save(path)
+        images.append(path)
+    (root / "README.txt").write_text("not an image")
+    (root / "a" / "fake.jpg").write_text("a text file wearing a .jpg name")
+    data = photo_path.read_bytes()
+    (root / "b" / "broken.jpg").write_bytes(data[: len(data) // 4])
+    return root, images
+
+
+# --- library ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_classifier_library(triton_server, photo_path, expected_top, protocol):
+    data = photo_path.read_bytes()
+    with Classifier(triton_server.url(protocol), protocol=protocol) as clf:
+        (from_path, from_bytes) = clf.classify([photo_path, data], topk=2)
+        assert [label for label, _ in from_path] == expected_top(data)[:2]
+        assert from_path == from_bytes and 0 < from_path[0][1] <= 1
+        assert clf.classify_async(data, topk=1).result(timeout=60)[0][0] == expected_top(data)[0]
+        with pytest.raises(ClassifierError, match="image refused: not a recognised image"):
+            clf.classify([b"definitely not an image"])
+
+
+def test_classifier_against_alexnet_decodes_locally(triton_server, photo_path, expected_top):
+    with Classifier(triton_server.grpc_url, model="alexnet") as clf:
+        assert clf.info.input_datatype == "UINT8" and clf.info.input_dims == [3, 256, 256]
+        assert [l for l, _ in clf.classify([photo_path], topk=3)[0]] == expected_top(photo_path.read_bytes())
+
+
+def test_classifier_unreachable_server():
+    port = serving.free_ports(1)[0]
+    with Classifier(f"127.0.0.1:{port}", protocol="http") as clf:
+        with pytest.raises(ClassifierError, match="cannot reach Triton"):
+            clf.classify([b"x"])
+
+
+# --- alexnet-classify ------------------------------------------------------------------------------------
+
+
+def test_classify_cli(triton_server, photo_path, expected_top, tmp_path):
+    proc = run("clients", str(photo_path), "--url", triton_server.grpc_url, "--topk", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{photo_path}: {expected_top(photo_path.read_bytes())[0]} ")
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("nope")
+    proc = run("clients", str(photo_path), str(bad), "--url", triton_server.http_url, "--protocol", "http", "--json")
+    assert proc.returncode == 1
+    rows = json.loads(proc.stdout)
+    assert rows[0]["top"][0]["label"] in LABELS and "image refused" in rows[1]["error"]
+    proc = run("clients", str(photo_path), "--url", f"127.0.0.1:{serving.free_ports(1)[0]}")
+    assert proc.returncode == 2 and "cannot reach Triton" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- alexnet-label --------------------------------------------------------------------------------------
+
+
+def read_rows(path: Path) -> list[dict]:
+    if path.suffix == ".csv":
+        with open(path, newline="") as fh:
+            return list(csv.DictReader(fh))
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_label_folder(triton_server, photo_path, expected_top, tmp_path, suffix):
+    root, images = make_folder(tmp_path / "photos", photo_path)
+    out = tmp_path / f"labels{suffix}"
+    proc = run("clients.label", str(root), "--recursive", "--out", str(out), "--url", triton_server.grpc_url, "--concurrency", "4", "--topk", "2")
+    assert proc.returncode == 1, f"one corrupt image means exit 1\n{proc.stderr[-2000:]}"
+    rows = read_rows(out)
+    by_path = {r["path"]: r for r in rows}
+    assert len(rows) == len(by_path) == len(images) + 1, "every image once, plus the corrupt one; no non-images"
+    for path in images:
+        row = by_path[str(path)]
+        labels = row["labels"].split(";") if suffix == ".csv" else [t["label"] for t in row["top"]]
+        assert labels == expected_top(path.read_bytes())[:2], path
+    broken = by_path[str(root / "b" / "broken.jpg")]
+    assert "truncated" in broken["error"]
+    assert "2 not images" in proc.stderr and f"{len(images)} labelled, 1 failed" in proc.stderr
+
+    # --resume on a finished output adds nothing
+    before = out.read_bytes()
+    proc = run("clients.label", str(root), "--recursive", "--out", str(out), "--url", triton_server.grpc_url, "--resume")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.read_bytes() == before
+    assert f"{len(images) + 1} already in" in proc.stderr
+
+
+def test_label_usage_errors(triton_server, tmp_path):
+    proc = run("clients.label", str(tmp_path / "missing"), "--out", str(tmp_path / "o.csv"))
+    assert proc.returncode == 2 and "is not a folder" in proc.stderr
+    (tmp_path / "d").mkdir()
+    (tmp_path / "o.csv").write_text("path,labels,scores,error\n")
+    proc = run("clients.label", str(tmp_path / "d"), "--out", str(tmp_path / "o.csv"), "--url", triton_server.grpc_url)
+    assert proc.returncode == 2 and "--resume" in proc.stderr
+    proc = run("clients.label", str(tmp_path / "d"), "--out", str(tmp_path / "n.csv"), "--url", f"127.0.0.1:{serving.free_ports(1)[0]}", "--retry-timeout", "2")
+    assert proc.returncode == 2 and "no answer" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_label_survives_a_server_restart(served_repository, photo_path, tmp_path):
+    """Stop and restart Triton in the middle of a run: the output ends with every image exactly once."""
+    root, images = make_folder(tmp_path / "photos", photo_path, n=40)
+    (root / "b" / "broken.jpg").unlink()
+    http, grpc, metrics = serving.free_ports(3)
+
+    def start():
+        cmd = [sys.executable, "-m", "server", "--repository", str(served_repository), "--config", "cpu",
+               "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]  # fmt: skip
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def wait_ready(proc):
+        for line in proc.stdout:
+            if "ready." in line:
+                return
+        raise AssertionError("server did not become ready")
+
+    server = start()
+    wait_ready(server)
+    out = tmp_path / "labels.jsonl"
+    label = subprocess.Popen([sys.executable, "-m", "clients.label", str(root), "--recursive", "--out", str(out),
+                              "--url", f"127.0.0.1:{grpc}", "--concurrency", "2", "--retry-timeout", "240", "--no-progress"],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while (not out.exists() or len(out.read_text().splitlines()) < 5) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        server.terminate()
+        assert server.wait(timeout=60) == 0
+        rows_while_down = len(out.read_text().splitlines())
+        assert rows_while_down < len(images), "the run must still be going when the server stops"
+        time.sleep(2)
+        server = start()
+        wait_ready(server)
+        stdout, stderr = label.communicate(timeout=400)
+    finally:
+        label.kill()
+        server.terminate()
+        server.wait(timeout=60)
+    assert label.returncode == 0, stderr[-3000:]
+    paths = [json.loads(line)["path"] for line in out.read_text().splitlines()]
+    assert sorted(paths) == sorted(str(p) for p in images), "every image exactly once"
+    assert all("error" not in json.loads(line) for line in out.read_text().splitlines())
+
+
+# --- alexnet-bench ------------------------------------------------------------------------------------------
+
+
+def test_bench_numbers_and_files(triton_server, tmp_path):
+    out = tmp_path / "bench"
+    proc = run("clients.bench", "--url", triton_server.grpc_url, "--concurrency", "1,4", "--duration", "3", "--warmup", "1",
+               "--inprocess", "--repository", str(triton_server.repository), "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    levels = data["levels"]
+    assert [(lv["target"], lv["concurrency"]) for lv in levels] == [("served", 1), ("inprocess", 1), ("served", 4), ("inprocess", 4)]
+    for lv in levels:
+        assert lv["throughput"] > 0 and lv["errors"] == 0, lv
+        lat = lv["latency_ms"]
+        assert lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"], lat
+    served = levels[2]
+    assert served["server_ms"]["alexnet"]["compute_infer"] > 0 and served["server_rss_mib"] > 0
+    assert (out / "results.csv").read_text().count("\n") == 5
+    assert (out / "latency.png").read_bytes()[:4] == b"\x89PNG"
+    assert "served" in proc.stdout and "inprocess" in proc.stdout
+
+
+def test_bench_loadgen_singlestream(triton_server, tmp_path):
+    out = tmp_path / "lg"
+    proc = run("clients.bench", "--url", triton_server.grpc_url, "--scenario", "singlestream", "--duration", "3", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = (out / "mlperf_log_summary.txt").read_text()
+    assert "SingleStream" in summary and ("Result is : VALID" in summary or "Result is : INVALID" in summary)
+    assert "90th percentile latency" in summary or "90.00 percentile latency" in summary
+    assert "Result is" in proc.stdout, "LoadGen's summary is printed"
