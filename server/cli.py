@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import signal
@@ -82,8 +83,8 @@ def check_repository(repository: Path, config: str) -> None:
     fix = f"run `alexnet-export CHECKPOINT --repository {repository}`" + (" --tensorrt --fp16" if config == "tensorrt" else "")
     if not repository.is_dir():
         raise ServeError(f"model repository {repository} does not exist: {fix}")
-    for needed in ("preprocess/config.pbtxt", "preprocess/1/model.py", "classify/config.pbtxt"):
-        if not (repository / needed).is_file():
+    for needed in ("preprocess/config.pbtxt", "preprocess/1/model.py", "classify/config.pbtxt", "classify/1"):
+        if not (repository / needed).exists():
             raise ServeError(f"{repository / needed} is missing: the repository is incomplete ({fix} into a new folder)")
     version = latest_version(repository)
     if version is None:
@@ -166,7 +167,8 @@ def serve(args: argparse.Namespace) -> int:
             print(f"alexnet-serve: Triton {reason}; its errors:", file=sys.stderr)
             for line in _error_lines(log_path):
                 print(f"  {line}", file=sys.stderr)
-            print(f"  (full log: {log_path})" if args.log_file else "", file=sys.stderr, end="\n" if args.log_file else "")
+            if args.log_file:
+                print(f"  (full log: {log_path})", file=sys.stderr)
             return 1
         print(
             f"alexnet-serve: ready. HTTP http://{args.host}:{args.http_port}  gRPC {args.host}:{args.grpc_port}  "
@@ -190,8 +192,6 @@ def serve(args: argparse.Namespace) -> int:
 
 def _reap(proc: subprocess.Popen) -> None:
     """Nothing left running: Triton and its python-backend stubs share its process group."""
-    import os
-
     if proc.poll() is None:
         proc.terminate()
         try:

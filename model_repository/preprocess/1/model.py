@@ -16,21 +16,12 @@ import triton_python_backend_utils as pb_utils
 import imaging
 
 
-def _load(data):
-    try:
-        return imaging.load(data, max_pixels=_load.max_pixels), None
-    except imaging.ImageError as exc:
-        return None, str(exc)
-    except Exception as exc:  # noqa: BLE001 - a decoder bug must not take the batch down
-        return None, f"cannot decode image: {type(exc).__name__}: {exc}"
-
-
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         threads = int(params.get("decode_threads", "0")) or len(os.sched_getaffinity(0))
-        _load.max_pixels = int(params.get("max_pixels", imaging.MAX_PIXELS))
+        self.max_pixels = int(params.get("max_pixels", imaging.MAX_PIXELS))
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
     def execute(self, requests):
@@ -40,7 +31,7 @@ class TritonPythonModel:
             for item in tensor.reshape(-1):
                 rows.append(bytes(item) if not isinstance(item, bytes) else item)
                 owners.append(index)
-        results = list(self.pool.map(_load, rows))
+        results = list(self.pool.map(self._load, rows))
 
         per_request = [[] for _ in requests]
         for owner, result in zip(owners, results):
@@ -55,6 +46,15 @@ class TritonPythonModel:
             images = np.stack([img for img, _ in results])
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("IMAGE", images)]))
         return responses
+
+    def _load(self, data):
+        """(image, None) or (None, why): never raises, so one bad image cannot fail the batch."""
+        try:
+            return imaging.load(data, max_pixels=self.max_pixels), None
+        except imaging.ImageError as exc:
+            return None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - a decoder bug must not take the batch down
+            return None, f"cannot decode image: {type(exc).__name__}: {exc}"
 
     def finalize(self):
         self.pool.shutdown(wait=True)
