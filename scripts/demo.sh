@@ -42,6 +42,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 serve() {  # serve REPOSITORY HTTP GRPC METRICS LOG
+  : > "$5"
   $bin/alexnet-serve --repository "$1" --config cpu --http-port "$2" --grpc-port "$3" --metrics-port "$4" > "$5" 2>&1 &
   pids+=($!)
   local pid=$!
