@@ -36,6 +36,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per runtime and batch size")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     parser.add_argument("--threads", type=int, default=0, help="threads for both runtimes (0 = all cores)")
+    parser.add_argument("--int8", action="store_true", help="also quantize (export --int8) and time the INT8 model")
+    parser.add_argument("--calibration", default="fashion-mnist", help="with --int8: calibration images (folder or fashion-mnist)")
+    parser.add_argument("--calibration-images", type=int, default=128)
     parser.add_argument("--json", type=Path, help="write the results here")
     return parser
 
@@ -71,16 +74,22 @@ def main(args: argparse.Namespace) -> int:
         path = Path(tmp) / "model.onnx"
         onnx_graph.write(classifier, path, len(src.classes), {})
         runtimes = {"pytorch-eager": check.torch_runner(classifier), "onnxruntime": check.onnxruntime_runner(path, threads)}
+        if args.int8:
+            from export import quantize
+
+            calibration, _ = quantize.calibration_images(args.calibration, args.calibration_images, 1)
+            quantize.quantize(path, Path(tmp) / "model.int8.onnx", calibration)
+            runtimes["onnxruntime-int8"] = check.onnxruntime_runner(Path(tmp) / "model.int8.onnx", threads)
         for n in [int(b) for b in args.batch_sizes.split(",")]:
             batch = np.random.default_rng(n).integers(0, 256, (n, 3, 256, 256), dtype=np.uint8)
             results = {name: measure(run, batch, args.seconds, args.warmup) for name, run in runtimes.items()}
-            base = results["pytorch-eager"]["images_per_s"]
+            base, ort = results["pytorch-eager"]["images_per_s"], results["onnxruntime"]["images_per_s"]
             for name, r in results.items():
-                rows.append({"runtime": name, "batch": n, **r, "ratio_vs_eager": r["images_per_s"] / base})
+                rows.append({"runtime": name, "batch": n, **r, "ratio_vs_eager": r["images_per_s"] / base, "ratio_vs_ort_fp32": r["images_per_s"] / ort})
     print(f"{src.origin}, {args.crops}-crop, {threads} threads, {platform.processor() or platform.machine()}, torch {torch.__version__}")
-    print(f"{'runtime':<15}{'batch':>6}{'images/s':>10}{'p50 ms':>9}{'vs eager':>10}")
+    print(f"{'runtime':<18}{'batch':>6}{'images/s':>10}{'p50 ms':>9}{'vs eager':>10}{'vs ORT fp32':>13}")
     for r in rows:
-        print(f"{r['runtime']:<15}{r['batch']:>6}{r['images_per_s']:>10.2f}{r['latency_ms_p50']:>9.1f}{r['ratio_vs_eager']:>9.2f}x")
+        print(f"{r['runtime']:<18}{r['batch']:>6}{r['images_per_s']:>10.2f}{r['latency_ms_p50']:>9.1f}{r['ratio_vs_eager']:>9.2f}x{r['ratio_vs_ort_fp32']:>12.2f}x")
     if args.json:
         meta = {"source": src.origin, "crops": args.crops, "threads": threads, "cpu_count": os.cpu_count(), "torch": torch.__version__}
         args.json.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")

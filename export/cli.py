@@ -18,7 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from export import check, onnx_graph, repository, source, tensorrt_engine
+import numpy as np
+
+from export import check, onnx_graph, quantize, repository, source, tensorrt_engine
 from export.check import CheckFailed
 from export.repository import RepositoryError
 from train.checkpoint import CheckpointError
@@ -43,6 +45,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true", help="replace an existing version / relabel")
     parser.add_argument("--crops", type=int, choices=(1, 10), default=10, help="10: the paper's test-time average [4.1]; 1: centre crop only")
     parser.add_argument("--check-images", type=Path, metavar="DIR", help="more photographs for the self-check (default: matplotlib's sample photos)")
+    q = parser.add_argument_group("INT8 (static post-training quantization; also writes model.int8.onnx)")
+    q.add_argument("--int8", action="store_true", help="quantize: model.int8.onnx beside model.onnx (with --tensorrt: an INT8 engine)")
+    q.add_argument("--calibration", default="fashion-mnist", metavar="DIR|fashion-mnist", help="calibration images (a folder, or Fashion-MNIST's training set)")
+    q.add_argument("--calibration-images", type=int, default=512, help="images used for calibration")
+    q.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    q.add_argument("--int8-check-images", type=int, default=200, help="held-back images for the agreement check (Fashion-MNIST: test set)")
+    q.add_argument("--accept-int8-disagreement", action="store_true", help="write the INT8 model even below 98%% top-1 agreement (noted in export.json)")
     trt = parser.add_argument_group("TensorRT (GPU hosts)")
     trt.add_argument("--tensorrt", action="store_true", help="also build model.plan with the TensorRT Python API")
     trt.add_argument("--fp16", action="store_true", help="allow FP16 kernels in the engine")
@@ -68,11 +77,16 @@ def main(args: argparse.Namespace) -> int:
     if args.plan_only:
         return plan_only(args)
     src = source.from_checkpoint(args.checkpoint) if args.checkpoint else source.from_torchvision_weights(args.torchvision_weights)
+    photos = _photos(args.check_images)
+    classifier = src.classifier(args.crops)
+    if args.int8:  # read the calibration set first: bad input fails before the repository is touched
+        calibration, held_back = quantize.calibration_images(args.calibration, args.calibration_images, args.int8_check_images)
+        # Real photographs always join the held-back set: a broken calibration folder
+        # (say, all black) cannot then vouch for itself.
+        held_back = np.concatenate([held_back, check.photo_batch(photos, 8)])
     repo = repository.prepare(args.repository)
     version = repository.choose_version(repo, args.version, args.force)
     repository.check_labels(repo, src.classes, version, args.force)
-    photos = _photos(args.check_images)
-    classifier = src.classifier(args.crops)
 
     started = time.perf_counter()
     with repository.staging(repo) as stage:
@@ -86,8 +100,22 @@ def main(args: argparse.Namespace) -> int:
             "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "onnx": {"opset": onnx_graph.OPSET, "check": report.__dict__},
         }
+        if args.int8:
+            int8_path = stage / "model.int8.onnx"
+            quantize.quantize(onnx_path, int8_path, calibration, args.calibration_method)
+            agreement = quantize.agreement(onnx_path, int8_path, held_back)
+            print(f"INT8 vs fp32 (ONNX Runtime): top-1 agreement {agreement['top1_agreement']:.2%} on {agreement['images']} "
+                  f"held-back images, max |dPROBS| {agreement['max_abs_diff']:.3f}")  # fmt: skip
+            quantize.check(agreement, args.accept_int8_disagreement)
+            manifest["int8"] = {
+                "calibration": args.calibration, "calibration_images": len(calibration), "method": args.calibration_method,
+                "check": agreement, "accepted_below_threshold": agreement["top1_agreement"] < quantize.MIN_AGREEMENT,
+            }  # fmt: skip
+            if manifest["int8"]["accepted_below_threshold"]:
+                manifest["note"] = "model.int8.onnx was written with --accept-int8-disagreement below the 98% agreement check"
         if args.tensorrt:
-            manifest["tensorrt"] = _build_plan(args, onnx_path, stage / "model.plan", repo, photos)
+            manifest["tensorrt"] = _build_plan(args, onnx_path, stage / "model.plan", repo, photos,
+                                               calibration if args.int8 else None)  # fmt: skip
         repository.write_manifest(stage, manifest)
         target = repository.commit(repo, stage, version, src.classes)
     print(f"wrote {target} ({', '.join(sorted(p.name for p in target.iterdir()))}) from {src.origin}, "
@@ -95,12 +123,12 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_plan(args: argparse.Namespace, onnx_path: Path, plan: Path, repo: Path, photos: list[Path]) -> dict:
+def _build_plan(args: argparse.Namespace, onnx_path: Path, plan: Path, repo: Path, photos: list[Path], calibration=None) -> dict:
     """Build the engine, check it against ONNX Runtime; raise CheckFailed on a mismatch."""
-    tensorrt_engine.build(onnx_path, plan, args.max_batch, args.fp16, repo / ".tensorrt-timing.cache")
+    tensorrt_engine.build(onnx_path, plan, args.max_batch, args.fp16, repo / ".tensorrt-timing.cache", calibration)
     cases = [(n, b[: args.max_batch]) for n, b in check.input_cases(photos)]
     report = check.compare(check.onnxruntime_runner(onnx_path), tensorrt_engine.runner(plan), cases)
-    limit = tensorrt_engine.FP16_TOLERANCE if args.fp16 else tensorrt_engine.FP32_TOLERANCE
+    limit = tensorrt_engine.INT8_TOLERANCE if calibration is not None else tensorrt_engine.FP16_TOLERANCE if args.fp16 else tensorrt_engine.FP32_TOLERANCE
     print(f"TensorRT vs ONNX Runtime: {report.line()}")
     if report.top1_agreement < tensorrt_engine.MIN_TOP1_AGREEMENT or report.max_abs_diff > limit:
         raise CheckFailed(f"TensorRT engine disagrees with ONNX Runtime: {report.line()} (allowed {limit:g}, >= 99% top-1)")
@@ -133,7 +161,7 @@ def cli(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         return main(args)
-    except (CheckpointError, RepositoryError) as exc:
+    except (CheckpointError, RepositoryError, quantize.CalibrationError) as exc:
         print(f"alexnet-export: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except CheckFailed as exc:

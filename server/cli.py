@@ -26,8 +26,13 @@ from server.triton import ServeError
 
 DEFAULT_REPOSITORY = triton.PROJECT_ROOT / "model_repository"
 # --config NAME -> what tritonserver's --model-config-name gets (None: the default config.pbtxt)
-CONFIGS = {"cpu": "cpu", "onnxruntime": "onnxruntime", "tensorrt": None}
-ARTIFACTS = {"cpu": ("model.onnx", "model.py"), "onnxruntime": ("model.onnx",), "tensorrt": ("model.plan",)}
+CONFIGS = {"cpu": "cpu", "cpu-int8": "cpu-int8", "onnxruntime": "onnxruntime", "tensorrt": None}
+ARTIFACTS = {
+    "cpu": ("model.onnx", "model.py"),
+    "cpu-int8": ("model.int8.onnx", "model.py"),
+    "onnxruntime": ("model.onnx",),
+    "tensorrt": ("model.plan",),
+}
 ERROR_LINE = re.compile(r"^E\d{4} |UNAVAILABLE|error|failed", re.I)
 # Printed by every Triton on a machine without a GPU; not why a model failed.
 BENIGN = re.compile(r"CudaDriverHelper|NVML|DCGM|cuda_memory_manager|pinned memory pool", re.I)
@@ -80,7 +85,8 @@ def choose_config(choice: str, repository: Path) -> str:
 
 def check_repository(repository: Path, config: str) -> None:
     """Refuse to start, naming the command that fixes it, when something the models need is missing."""
-    fix = f"run `alexnet-export CHECKPOINT --repository {repository}`" + (" --tensorrt --fp16" if config == "tensorrt" else "")
+    extra = {"tensorrt": " --tensorrt --fp16", "cpu-int8": " --int8"}.get(config, "")
+    fix = f"run `alexnet-export CHECKPOINT --repository {repository}{extra}`"
     if not repository.is_dir():
         raise ServeError(f"model repository {repository} does not exist: {fix}")
     for needed in ("preprocess/config.pbtxt", "preprocess/1/model.py", "classify/config.pbtxt", "classify/1"):

@@ -31,3 +31,27 @@ def small_checkpoint(path: Path, num_classes: int = 3, seed: int = 0, classes: l
         "epoch": 0, "optimizer": {}, "scheduler": {}, "recipe": recipe.to_dict(), "metrics": [],
     }  # fmt: skip
     return checkpoint.save(path, payload)
+
+
+def varied_checkpoint(path: Path, images: np.ndarray, num_classes: int = 10, spread: float = 3.0) -> Path:
+    """A small checkpoint whose top-1 differs from image to image (a random net's does not).
+
+    A randomly initialised AlexNet sends every image to the same class: the image-independent
+    part of its logits dominates.  Re-centring fc8 on ``images`` (uint8 [N,3,256,256]) and
+    scaling it to ``spread`` standard deviations leaves only the image-dependent part, which
+    is what tests of quantization need to see a broken calibration flip predictions.
+    """
+    from export.source import from_checkpoint
+
+    small_checkpoint(path, num_classes=num_classes)
+    state = checkpoint.load(path)
+    src = from_checkpoint(path)
+    with torch.no_grad():
+        x = (torch.from_numpy(images).float() - src.offset) * src.scale
+        hidden = src.net.classifier[:6](torch.flatten(src.net.features(x[:, :, 16:240, 16:240]), 1))
+        weight = state["state_dict"]["classifier.6.weight"]
+        logits = hidden @ weight.T
+        factor = spread / logits.std(0).mean()
+        state["state_dict"]["classifier.6.weight"] = weight * factor
+        state["state_dict"]["classifier.6.bias"] = -logits.mean(0) * factor
+    return checkpoint.save(path, state)
