@@ -287,3 +287,16 @@ def test_tensorrt_engine_matches_onnxruntime(ckpt_path, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (repo / "alexnet" / "1" / "model.plan").is_file() and (repo / ".tensorrt-timing.cache").is_file()
     assert "TensorRT vs ONNX Runtime" in proc.stdout
+
+
+@pytest.mark.parametrize("size", [5, 4])
+def test_exported_lrn_equals_pytorchs(size):
+    """The banded-convolution LRN written into the ONNX graph computes PyTorch's LRN exactly."""
+    from torch import nn
+
+    from export.onnx_graph import ChannelWindowLRN
+
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(2, 12, 9, 9, dtype=torch.float64) * 40)
+    reference = nn.LocalResponseNorm(size, alpha=5e-4, beta=0.75, k=2.0)
+    torch.testing.assert_close(ChannelWindowLRN(reference, 12).double()(x), reference(x), rtol=1e-12, atol=1e-12)
