@@ -84,7 +84,7 @@ if [ "${DEMO_KEEP_SERVING:-1}" = 1 ]; then
   cat <<TXT
 
 Serving on 127.0.0.1 (HTTP $http, gRPC $grpc, metrics $metrics) until Ctrl-C.  Try:
-  $bin/alexnet-classify $sample --topk 3
+  $bin/alexnet-classify $sample --topk 3 --url 127.0.0.1:$grpc
   curl -s localhost:$http/v2/models/classify/config | python3 -m json.tool | head -20
   curl -s localhost:$metrics/metrics | grep nv_inference_count
   $bin/alexnet-label $out/test-images --recursive --out /tmp/labels.csv
