@@ -194,10 +194,12 @@ def served_caller(args: argparse.Namespace, images: list[bytes]) -> tuple[Callab
 def inprocess_caller(args: argparse.Namespace, images: list[bytes]) -> Callable:
     import onnxruntime as ort
 
-    versions = sorted((int(p.name) for p in (args.repository / "alexnet").glob("[0-9]*") if p.name.isdigit()), reverse=True)
-    if not versions:
+    from server.cli import latest_version
+
+    version = latest_version(args.repository)
+    if version is None:
         raise ServerError(f"no exported model in {args.repository / 'alexnet'} for --inprocess: run alexnet-export first")
-    path = args.repository / "alexnet" / str(versions[0]) / "model.onnx"
+    path = version / "model.onnx"
     options = ort.SessionOptions()
     options.intra_op_num_threads = len(os.sched_getaffinity(0))
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from export.repository import MODEL, versions  # stdlib only: no torch at server start
 from server import triton
 from server.triton import ServeError
 
@@ -69,9 +70,9 @@ def _has_gpu() -> bool:
 
 
 def latest_version(repository: Path) -> Path | None:
-    folder = repository / "alexnet"
-    versions = sorted((int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True) if folder.is_dir() else []
-    return folder / str(versions[0]) if versions else None
+    """alexnet's newest version folder: the one Triton's default version policy serves."""
+    existing = versions(repository)
+    return repository / MODEL / str(existing[-1]) if existing else None
 
 
 def choose_config(choice: str, repository: Path) -> str:
