@@ -26,9 +26,10 @@ def run_export(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def calibration_folder(tmp_path_factory, photo_path) -> Path:
+def calibration_folder(module_tmp, photo_path) -> Path:
     """Real-photo views: crops, scales and mirrors of a photograph, plus the other sample photo."""
-    folder = tmp_path_factory.mktemp("calibration")
+    folder = module_tmp / "calibration"
+    folder.mkdir()
     photo = Image.open(photo_path).convert("RGB")
     for i in range(24):
         j = i % 8
@@ -40,8 +41,8 @@ def calibration_folder(tmp_path_factory, photo_path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def int8_export(tmp_path_factory, calibration_folder):
-    folder = tmp_path_factory.mktemp("int8")
+def int8_export(module_tmp, calibration_folder):
+    folder = module_tmp / "int8"
     ckpt = small_checkpoint(folder / "small.pt", num_classes=3)
     repo = folder / "model_repository"
     proc = run_export(str(ckpt), "--repository", str(repo), "--int8", "--calibration", str(calibration_folder),
@@ -72,9 +73,9 @@ def test_quantized_model_is_written_and_checked(int8_export):
 
 
 @pytest.fixture(scope="module")
-def varied_ckpt(tmp_path_factory, calibration_folder) -> Path:
+def varied_ckpt(module_tmp, calibration_folder) -> Path:
     images, _ = quantize.calibration_images(str(calibration_folder), 16, 1)
-    return varied_checkpoint(tmp_path_factory.mktemp("varied") / "varied.pt", images)
+    return varied_checkpoint(module_tmp / "varied.pt", images)
 
 
 def test_broken_calibration_is_rejected(varied_ckpt, tmp_path):

@@ -156,8 +156,8 @@ def test_overfits_64_images():
 
 
 @pytest.fixture(scope="module")
-def trained_run(fashion_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
+def trained_run(fashion_dir, module_tmp):
+    out = module_tmp / "run"
     proc = run_cli("--data", str(fashion_dir), "--out", str(out), "--preset", "demo", "--epochs", "1", *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
