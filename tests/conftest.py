@@ -37,8 +37,11 @@ def pytest_sessionstart(session):
     temp = Path(tempfile.gettempdir())
     free_gb = shutil.disk_usage(temp).free / 2**30
     if free_gb < _DISK_NEEDED_GB:
-        pytest.exit(f"the tests write up to {_DISK_NEEDED_GB:.0f} GB of model files under {temp}, "
-                    f"which has {free_gb:.1f} GB free: free some space or set TMPDIR", returncode=1)
+        pytest.exit(
+            f"the tests write up to {_DISK_NEEDED_GB:.0f} GB of model files under {temp}, "
+            f"which has {free_gb:.1f} GB free: free some space or set TMPDIR",
+            returncode=1,
+        )
 
 
 @pytest.fixture(autouse=True)

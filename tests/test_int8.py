@@ -85,7 +85,18 @@ def test_broken_calibration_is_rejected(varied_ckpt, tmp_path):
     for i in range(12):
         Image.new("RGB", (300, 300), (0, 0, 0)).save(black / f"{i}.png")
     repo = tmp_path / "repo"
-    args = [str(varied_ckpt), "--repository", str(repo), "--int8", "--calibration", str(black), "--calibration-images", "8", "--int8-check-images", "4"]
+    args = [
+        str(varied_ckpt),
+        "--repository",
+        str(repo),
+        "--int8",
+        "--calibration",
+        str(black),
+        "--calibration-images",
+        "8",
+        "--int8-check-images",
+        "4",
+    ]
     proc = run_export(*args)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "INT8 model agrees with fp32 on" in proc.stderr and "nothing written" in proc.stderr

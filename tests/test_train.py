@@ -251,7 +251,9 @@ def test_corrupt_images_are_skipped_and_named(tmp_path):
 
 def test_resume_with_other_arch_or_class_count(trained_run, tmp_path):
     out, _ = trained_run
-    line = one_line_error(run_cli("--data", str(make_fashion_like(tmp_path / "f", 20, 10)), "--out", str(out), "--resume", "--arch", "torchvision", *FAST))
+    line = one_line_error(
+        run_cli("--data", str(make_fashion_like(tmp_path / "f", 20, 10)), "--out", str(out), "--resume", "--arch", "torchvision", *FAST)
+    )
     assert "paper checkpoint" in line and "torchvision" in line
     other = make_image_folder(tmp_path / "three", classes=3, per_class=2)
     line = one_line_error(run_cli("--data", str(other), "--out", str(tmp_path / "o"), "--resume", str(out / "checkpoint.pt"), *FAST))
