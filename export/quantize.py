@@ -1,7 +1,7 @@
 """INT8: static post-training quantization of the exported classifier with ONNX Runtime.
 
-QDQ format, int8 per-channel weights, uint8 activations, only the convolutions and matrix
-products quantized: the cast, mean subtraction, crops and softmax stay float.  Calibration
+QDQ format, int8 per-channel weights, uint8 activations, only the network's layers quantized:
+the cast, mean subtraction, crops, softmax and crop average stay float.  Calibration
 images go through the same 256 pipeline as serving (``imaging``); the model is then checked
 against the float model on held-back images (top-1 agreement).
 """
@@ -18,6 +18,12 @@ import imaging
 from export.check import CheckFailed, onnxruntime_runner
 
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
+# ReLU and max-pooling commute with quantization, so they are annotated too: ONNX Runtime
+# then folds each ReLU into its layer's output range and pools uint8 data, instead of a
+# dequantize -> float op -> requantize round trip over every feature map.  A probe on the
+# demo model (batch 8, in-process): 1.92x -> 2.21x over fp32, and top-1 agreement on 200
+# test images 99.5% -> 100% (the ReLU's range no longer spends levels on negatives).
+QUANTIZED_WITH_LAYERS = ["Relu", "MaxPool"]
 MIN_AGREEMENT = 0.98
 CALIBRATION_BATCH = 8
 
@@ -81,7 +87,7 @@ def quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, method: 
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
         quantize_static(
             str(prepared), str(int8_path), _Reader(calibration),
-            quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS, per_channel=True,
+            quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS + QUANTIZED_WITH_LAYERS, per_channel=True,
             nodes_to_exclude=_classifier_head(prepared),
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=methods[method],
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},

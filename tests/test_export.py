@@ -289,8 +289,8 @@ def test_tensorrt_engine_matches_onnxruntime(ckpt_path, tmp_path):
     assert "TensorRT vs ONNX Runtime" in proc.stdout
 
 
-@pytest.mark.parametrize("size", [5, 4])
-def test_exported_lrn_equals_pytorchs(size):
+@pytest.mark.parametrize(("size", "beta"), [(5, 0.75), (4, 0.75), (5, 0.5)])
+def test_exported_lrn_equals_pytorchs(size, beta):
     """The banded-convolution LRN written into the ONNX graph computes PyTorch's LRN exactly."""
     from torch import nn
 
@@ -298,5 +298,6 @@ def test_exported_lrn_equals_pytorchs(size):
 
     torch.manual_seed(0)
     x = torch.relu(torch.randn(2, 12, 9, 9, dtype=torch.float64) * 40)
-    reference = nn.LocalResponseNorm(size, alpha=5e-4, beta=0.75, k=2.0)
-    torch.testing.assert_close(ChannelWindowLRN(reference, 12).double()(x), reference(x), rtol=1e-12, atol=1e-12)
+    reference = nn.LocalResponseNorm(size, alpha=5e-4, beta=beta, k=2.0)
+    # In float64, up to the float32 rounding of alpha/n folded into the band's weights (~3e-8).
+    torch.testing.assert_close(ChannelWindowLRN(reference, 12).double()(x), reference(x), rtol=1e-7, atol=1e-12)
