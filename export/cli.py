@@ -102,14 +102,15 @@ def main(args: argparse.Namespace) -> int:
         }
         if args.int8:
             int8_path = stage / "model.int8.onnx"
-            quantize.quantize(onnx_path, int8_path, calibration, args.calibration_method)
+            rewrites = quantize.quantize(onnx_path, int8_path, calibration, args.calibration_method)
             agreement = quantize.agreement(onnx_path, int8_path, held_back)
             print(f"INT8 vs fp32 (ONNX Runtime): top-1 agreement {agreement['top1_agreement']:.2%} on {agreement['images']} "
                   f"held-back images, max |dPROBS| {agreement['max_abs_diff']:.3f}")  # fmt: skip
             quantize.check(agreement, args.accept_int8_disagreement)
             manifest["int8"] = {
                 "calibration": args.calibration, "calibration_images": len(calibration), "method": args.calibration_method,
-                "check": agreement, "accepted_below_threshold": agreement["top1_agreement"] < quantize.MIN_AGREEMENT,
+                "rewrites": rewrites, "check": agreement,
+                "accepted_below_threshold": agreement["top1_agreement"] < quantize.MIN_AGREEMENT,
             }  # fmt: skip
             if manifest["int8"]["accepted_below_threshold"]:
                 manifest["note"] = "model.int8.onnx was written with --accept-int8-disagreement below the 98% agreement check"

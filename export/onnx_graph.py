@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import warnings
 from pathlib import Path
 
 import onnx
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 import imaging
 from train.transforms import CropAverage
-
-import copy
-
-import torch.nn.functional as F
-from torch import nn
 
 INPUT, OUTPUT = "IMAGE", "PROBS"  # the contract between export, Triton's configs and the clients
 OPSET = 18  # the dynamo exporter's native opset; ONNX Runtime >= 1.14 and TensorRT >= 8.6 take it

@@ -9,8 +9,8 @@ against the float model on held-back images (top-1 agreement).
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -47,7 +47,7 @@ def calibration_images(spec: str, count: int, held_back: int, seed: int = 0) -> 
             train, test = data.open_split(spec, "train"), data.open_split(spec, "val")
         except data.DataError as exc:
             raise CalibrationError(str(exc)) from None
-        pick = lambda ds, n, s: [ds[i][0] for i in (data.subset_indices(len(ds), n, s) or range(len(ds)))]  # noqa: E731
+        pick = lambda ds, n, s: [ds[i][0] for i in (data.subset_indices(len(ds), n, s) or range(len(ds)))]
         return np.stack(pick(train, count, seed)), np.stack(pick(test, held_back, seed + 1))
     folder = Path(spec)
     if not folder.is_dir():
@@ -77,21 +77,33 @@ class _Reader:
         return None if batch is None else {"IMAGE": np.ascontiguousarray(batch)}
 
 
-def quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, method: str = "minmax") -> None:
+def quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, method: str = "minmax") -> dict[str, int]:
+    """Write the QDQ model to ``int8_path``; returns how many of each ``qdq_rewrite`` it made."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from export import qdq_rewrite
+
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
     with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
+        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "quantized.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
         quantize_static(
-            str(prepared), str(int8_path), _Reader(calibration),
+            str(prepared), str(quantized), _Reader(calibration),
             quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS + QUANTIZED_WITH_LAYERS, per_channel=True,
             nodes_to_exclude=_classifier_head(prepared),
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=methods[method],
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )  # fmt: skip
+        model = onnx.load(str(quantized))
+    rewrites = {
+        "crops_on_uint8": qdq_rewrite.crops_on_uint8(model),
+        "divisions_as_products": qdq_rewrite.divisions_as_products(model, calibration),
+    }
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(int8_path))
+    return rewrites
 
 
 def _classifier_head(path: Path) -> list[str]:
