@@ -5,11 +5,11 @@ Each one is chosen by profiling the INT8 model on a CPU and each is checked by a
 - ``crops_on_uint8``: the 10 crops (slices, mirrors, the stack) are pure data movement, so
   quantizing their source once gives bit-identical uint8 crops to quantizing the stacked
   float crops, with a quarter of the memory traffic (float crops were ~9% of the INT8 run).
-- ``divisions_as_products``: LRN ends in ``x / m`` between a dequantized ``x`` and a
-  requantized result, a float island ONNX Runtime has no integer kernel for.  As
-  ``x * (1/m)`` with ``1/m`` quantized (its range calibrated on the calibration images),
-  ONNX Runtime runs it as one QLinearMul on uint8 data: no dequantize of ``x``, no float
-  divide, no requantize.
+- ``factors_on_uint8``: LRN ends in ``x * r`` (or ``x / m``) between a dequantized ``x``
+  and a requantized result, a float island ONNX Runtime has no integer kernel for.  With
+  the factor quantized (its range calibrated on the calibration images), ONNX Runtime runs
+  it as one QLinearMul on uint8 data: no dequantize of ``x``, no float product, no
+  requantize.
 """
 
 from __future__ import annotations
@@ -58,55 +58,70 @@ def crops_on_uint8(model: onnx.ModelProto) -> int:
     return len(replaced)
 
 
-def divisions_as_products(model: onnx.ModelProto, calibration: np.ndarray) -> int:
-    """Rewrite ``Q(DQ(x_q) / m)`` as ``Q(DQ(x_q) * DQ(Q(1/m)))``; returns how many."""
+def factors_on_uint8(model: onnx.ModelProto, calibration: np.ndarray) -> int:
+    """Rewrite ``Q(DQ(x_q) * f)`` and ``Q(DQ(x_q) / m)``, with f or m computed in float, as
+    ``Q(DQ(x_q) * DQ(Q(f or 1/m)))``, the factor's range [0, max] calibrated on ``calibration``
+    by the model itself.  ONNX Runtime fuses the result into one QLinearMul.  Factors that
+    go negative (or divisors that reach 0) on the calibration images are left alone.
+    Returns how many were rewritten."""
     graph = model.graph
     producer = {out: node for node in graph.node for out in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    divisions, output_q = [], {}
+
+    def computed_in_float(name: str) -> bool:
+        return name in producer and producer[name].op_type not in ("DequantizeLinear", "Constant")
+
+    def dequantized(name: str) -> bool:
+        return getattr(producer.get(name), "op_type", None) == "DequantizeLinear"
+
+    candidates = []  # (node, x, factor source, requantizing Q)
     for node in graph.node:
-        if node.op_type != "Div" or getattr(producer.get(node.input[0]), "op_type", None) != "DequantizeLinear":
-            continue
-        if node.input[1] not in producer or producer[node.input[1]].op_type == "DequantizeLinear":
+        if node.op_type == "Div" and dequantized(node.input[0]) and computed_in_float(node.input[1]):
+            x, source = node.input
+        elif node.op_type == "Mul" and dequantized(node.input[0]) != dequantized(node.input[1]):
+            x, source = node.input if dequantized(node.input[0]) else node.input[::-1]
+            if not computed_in_float(source):
+                continue
+        else:
             continue
         quant = _requantized_through_pooling(node.output[0], consumers)
         if quant is not None:
-            divisions.append(node)
-            output_q[id(node)] = quant
-    if not divisions:
+            candidates.append((node, x, source, quant))
+    if not candidates:
         return 0
-    largest = _largest_reciprocals(model, [d.input[1] for d in divisions], calibration)
+    ranges = _ranges(model, [c[2] for c in candidates], calibration)
     extra_inits, replaced = [], {}
-    for div, r_max in zip(divisions, largest):
-        if not np.isfinite(r_max):
-            continue  # the divisor reached 0 on a calibration image: 1/m has no range, keep the division
-        p = f"{div.name}_reciprocal"
-        extra_inits += [numpy_helper.from_array(np.array(r_max / 255, np.float32), p + "_scale"),
+    for (node, x, source, quant), (low, high) in zip(candidates, ranges):
+        reciprocal = node.op_type == "Div"
+        largest = (1 / low if low > 0 else np.inf) if reciprocal else (high if low >= 0 else np.inf)
+        if not np.isfinite(largest) or largest <= 0:
+            continue
+        p = f"{node.name}_factor"
+        extra_inits += [numpy_helper.from_array(np.array(largest / 255, np.float32), p + "_scale"),
                         numpy_helper.from_array(np.array(0, np.uint8), p + "_zero_point")]  # fmt: skip
         q_args = [p + "_scale", p + "_zero_point"]
-        replaced[id(div)] = [
-            helper.make_node("Reciprocal", [div.input[1]], [p], name=p),
-            helper.make_node("QuantizeLinear", [p, *q_args], [p + "_quantized"], name=p + "_QuantizeLinear"),
+        factor = source
+        new_nodes = []
+        if reciprocal:
+            factor = p
+            new_nodes.append(helper.make_node("Reciprocal", [source], [p], name=p + "_Reciprocal"))
+        new_nodes += [
+            helper.make_node("QuantizeLinear", [factor, *q_args], [p + "_quantized"], name=p + "_QuantizeLinear"),
             helper.make_node("DequantizeLinear", [p + "_quantized", *q_args], [p + "_dequantized"], name=p + "_DequantizeLinear"),
         ]
-        quant = output_q[id(div)]
-        if quant.input[0] == div.output[0]:
-            replaced[id(div)].append(
-                helper.make_node("Mul", [div.input[0], p + "_dequantized"], [div.output[0]], name=f"{div.name}_as_product")
-            )
+        if quant.input[0] == node.output[0]:
+            new_nodes.append(helper.make_node("Mul", [x, p + "_dequantized"], [node.output[0]], name=f"{node.name}_on_uint8"))
         else:  # max-pooling in between commutes with quantization: requantize the product itself
-            replaced[id(div)] += [
-                helper.make_node("Mul", [div.input[0], p + "_dequantized"], [p + "_product"], name=f"{div.name}_as_product"),
-                helper.make_node(
-                    "QuantizeLinear", [p + "_product", *quant.input[1:]], [p + "_product_quantized"], name=p + "_product_QuantizeLinear"
-                ),
-                helper.make_node(
-                    "DequantizeLinear", [p + "_product_quantized", *quant.input[1:]], [div.output[0]], name=p + "_product_DequantizeLinear"
-                ),
+            q_out = quant.input[1:]
+            new_nodes += [
+                helper.make_node("Mul", [x, p + "_dequantized"], [p + "_product"], name=f"{node.name}_on_uint8"),
+                helper.make_node("QuantizeLinear", [p + "_product", *q_out], [p + "_product_quantized"], name=p + "_product_Q"),
+                helper.make_node("DequantizeLinear", [p + "_product_quantized", *q_out], [node.output[0]], name=p + "_product_DQ"),
             ]
+        replaced[id(node)] = new_nodes
     rewritten = [new for node in graph.node for new in replaced.get(id(node), [node])]
     graph.initializer.extend(extra_inits)
     del graph.node[:]
@@ -126,19 +141,20 @@ def _requantized_through_pooling(name: str, consumers) -> onnx.NodeProto | None:
     return None
 
 
-def _largest_reciprocals(model: onnx.ModelProto, names: list[str], images: np.ndarray) -> list[float]:
-    """max(1/m) over ``images`` for each tensor m, computed by the quantized model itself."""
+def _ranges(model: onnx.ModelProto, names: list[str], images: np.ndarray) -> list[tuple[float, float]]:
+    """(min, max) of each tensor over ``images``, computed by the quantized model itself."""
     import onnxruntime as ort
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    smallest = np.full(len(names), np.inf)
+    low, high = np.full(len(names), np.inf), np.full(len(names), -np.inf)
     for batch in np.array_split(images, max(1, len(images) // 8)):
         values = session.run(names, {session.get_inputs()[0].name: np.ascontiguousarray(batch)})
-        smallest = np.minimum(smallest, [float(v.min()) for v in values])
-    return [float(1 / m) if m > 0 else float("inf") for m in smallest]
+        low = np.minimum(low, [float(v.min()) for v in values])
+        high = np.maximum(high, [float(v.max()) for v in values])
+    return list(zip(low.tolist(), high.tolist()))
 
 
 def _movement_region(start: str, producer, consumers, graph_outputs: set[str]) -> tuple[list[onnx.NodeProto], str] | None:

@@ -1,7 +1,8 @@
 """INT8: static post-training quantization of the exported classifier with ONNX Runtime.
 
 QDQ format, int8 per-channel weights, uint8 activations, only the network's layers quantized:
-the cast, mean subtraction, crops, softmax and crop average stay float.  Calibration
+the cast, mean subtraction, softmax and crop average stay float (the crops are then cut
+from the quantized image, which is bit-identical: see ``qdq_rewrite``).  Calibration
 images go through the same 256 pipeline as serving (``imaging``); the model is then checked
 against the float model on held-back images (top-1 agreement).
 """
@@ -99,7 +100,7 @@ def quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, method: 
         model = onnx.load(str(quantized))
     rewrites = {
         "crops_on_uint8": qdq_rewrite.crops_on_uint8(model),
-        "divisions_as_products": qdq_rewrite.divisions_as_products(model, calibration),
+        "factors_on_uint8": qdq_rewrite.factors_on_uint8(model, calibration),
     }
     onnx.checker.check_model(model)
     onnx.save_model(model, str(int8_path))

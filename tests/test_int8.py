@@ -59,7 +59,7 @@ def test_quantized_model_is_written_and_checked(int8_export):
     assert manifest["int8"]["check"]["top1_agreement"] >= quantize.MIN_AGREEMENT
     assert manifest["int8"]["calibration_images"] == 16 and "INT8 vs fp32" in proc.stdout
     # The paper arch's crops run on uint8 and both LRN divisions became quantized products.
-    assert manifest["int8"]["rewrites"] == {"crops_on_uint8": 1, "divisions_as_products": 2}
+    assert manifest["int8"]["rewrites"] == {"crops_on_uint8": 1, "factors_on_uint8": 2}
     model = onnx.load(str(version / "model.int8.onnx"))
     ops = [n.op_type for n in model.graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops

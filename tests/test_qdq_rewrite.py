@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from export import qdq_rewrite
@@ -64,15 +65,20 @@ def test_crops_on_uint8_leaves_shared_tensors_alone():
     assert qdq_rewrite.crops_on_uint8(model) == 0
 
 
-def _lrn_tail_graph() -> onnx.ModelProto:
-    """x_q -> DQ -> x;  x / (x + 2)**0.75 via Sqrt  -> MaxPool -> Q -> DQ: the shape of LRN's end."""
+def _lrn_tail_graph(form: str) -> onnx.ModelProto:
+    """x_q -> DQ -> x;  x / (x + 2)**0.75 via Sqrt  -> MaxPool -> Q -> DQ: the shape of LRN's end,
+    as a division by m or a product with a factor 1/m computed in float."""
     nodes = [
         helper.make_node("DequantizeLinear", ["x_q", "xs", "xz"], ["x"]),
         helper.make_node("Add", ["x", "k"], ["d"]),
         helper.make_node("Sqrt", ["d"], ["r1"]),
         helper.make_node("Sqrt", ["r1"], ["r2"]),
         helper.make_node("Mul", ["r1", "r2"], ["m"]),
-        helper.make_node("Div", ["x", "m"], ["b"]),
+        *(
+            [helper.make_node("Div", ["x", "m"], ["b"])]
+            if form == "div"
+            else [helper.make_node("Reciprocal", ["m"], ["f"]), helper.make_node("Mul", ["f", "x"], ["b"])]
+        ),
         helper.make_node("MaxPool", ["b"], ["p"], kernel_shape=[3, 3], strides=[2, 2]),
         helper.make_node("QuantizeLinear", ["p", "ys", "yz"], ["p_q"]),
         helper.make_node("DequantizeLinear", ["p_q", "ys", "yz"], ["y"]),
@@ -85,16 +91,17 @@ def _lrn_tail_graph() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
-def test_divisions_become_quantized_products(tmp_path):
+@pytest.mark.parametrize("form", ["div", "mul"])
+def test_float_factors_become_quantized_products(tmp_path, form):
     rng = np.random.default_rng(0)
     calibration = rng.integers(0, 256, (16, 4, 9, 9), dtype=np.uint8)
     x = rng.integers(0, 256, (3, 4, 9, 9), dtype=np.uint8)
-    model = _lrn_tail_graph()
+    model = _lrn_tail_graph(form)
     before = _run(model, {"x_q": x})
-    assert qdq_rewrite.divisions_as_products(model, calibration) == 1
+    assert qdq_rewrite.factors_on_uint8(model, calibration) == 1
     onnx.checker.check_model(model, full_check=True)
     ops = [n.op_type for n in model.graph.node]
-    assert "Div" not in ops and "Reciprocal" in ops
+    assert "Div" not in ops and ops.count("QuantizeLinear") == 3  # the factor, the product, the output
     after = _run(model, {"x_q": x})
     # 1/m on 255 levels of [0, max]: within a level or two of the output's own 0.04 step.
     assert np.abs(after - before).max() <= 2 * 0.04 + 1e-6
