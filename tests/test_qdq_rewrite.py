@@ -113,3 +113,14 @@ def test_float_factors_become_quantized_products(tmp_path, form):
     fused = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(fused.run(None, {"x_q": x})[0], after, atol=0.04 + 1e-6)
     assert "QLinearMul" in [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+
+
+def test_factor_that_goes_negative_is_left_alone():
+    """[0, max] cannot hold a factor that is negative or NaN on a calibration image: no rewrite."""
+    model = _lrn_tail_graph("mul")
+    for init in model.graph.initializer:
+        if init.name == "k":
+            init.CopyFrom(numpy_helper.from_array(np.float32(-2.0), "k"))  # m = (x - 2)**0.75: NaN below x = 2
+    calibration = np.random.default_rng(1).integers(0, 256, (8, 4, 9, 9), dtype=np.uint8)
+    assert qdq_rewrite.factors_on_uint8(model, calibration) == 0
+    assert "Reciprocal" in [n.op_type for n in model.graph.node] and "QuantizeLinear" in [n.op_type for n in model.graph.node]
