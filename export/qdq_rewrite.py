@@ -26,12 +26,8 @@ def crops_on_uint8(model: onnx.ModelProto) -> int:
     float source (one computed in float, not a dequantized tensor).  Returns how many moved."""
     graph = model.graph
     nodes = list(graph.node)
-    producer = {out: node for node in nodes for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in nodes:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    replaced, retyped = {}, set()
+    producer, consumers = _index(nodes)
+    moved, new_q, retyped = set(), {}, set()  # old QuantizeLinear ids; source -> its new QuantizeLinear
     for quant in [n for n in nodes if n.op_type == "QuantizeLinear"]:
         region = _movement_region(quant.input[0], producer, consumers, {o.name for o in graph.output})
         if region is None:
@@ -46,16 +42,20 @@ def crops_on_uint8(model: onnx.ModelProto) -> int:
                     node.input[i] = source_q
         # The last movement node now yields the uint8 tensor the old QuantizeLinear did.
         producer[quant.input[0]].output[0] = quant.output[0]
-        replaced[id(quant)] = onnx.helper.make_node(
-            "QuantizeLinear", [source, *quant.input[1:]], [source_q], name=f"{quant.name}_before_crops"
-        )
+        moved.add(id(quant))
+        new_q[source] = helper.make_node("QuantizeLinear", [source, *quant.input[1:]], [source_q], name=f"{quant.name}_before_crops")
         retyped |= {out for node in movers for out in node.output}
-    if replaced:
-        rewritten = [replaced.get(id(node), node) for node in nodes]
+    if moved:
+        # Each new QuantizeLinear goes right after its source's producer (or first, for a
+        # graph input), so the node order stays topological.
+        rewritten = [new_q[i.name] for i in graph.input if i.name in new_q]
+        for node in nodes:
+            if id(node) not in moved:
+                rewritten += [node, *(new_q[out] for out in node.output if out in new_q)]
         _drop_value_info(graph, retyped)
         del graph.node[:]
-        graph.node.extend(_topological_order(graph, rewritten))
-    return len(replaced)
+        graph.node.extend(rewritten)
+    return len(moved)
 
 
 def factors_on_uint8(model: onnx.ModelProto, calibration: np.ndarray) -> int:
@@ -65,11 +65,7 @@ def factors_on_uint8(model: onnx.ModelProto, calibration: np.ndarray) -> int:
     go negative (or divisors that reach 0) on the calibration images are left alone.
     Returns how many were rewritten."""
     graph = model.graph
-    producer = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    producer, consumers = _index(graph.node)
 
     def computed_in_float(name: str) -> bool:
         return name in producer and producer[name].op_type not in ("DequantizeLinear", "Constant")
@@ -127,6 +123,16 @@ def factors_on_uint8(model: onnx.ModelProto, calibration: np.ndarray) -> int:
     del graph.node[:]
     graph.node.extend(rewritten)
     return len(replaced)
+
+
+def _index(nodes) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
+    """Each tensor's producing node and its consuming nodes."""
+    producer = {out: node for node in nodes for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return producer, consumers
 
 
 def _requantized_through_pooling(name: str, consumers) -> onnx.NodeProto | None:
@@ -189,18 +195,3 @@ def _drop_value_info(graph: onnx.GraphProto, names: set[str]) -> None:
     keep = [vi for vi in graph.value_info if vi.name not in names]
     del graph.value_info[:]
     graph.value_info.extend(keep)
-
-
-def _topological_order(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending, ordered = list(nodes), []
-    while pending:
-        ready = [n for n in pending if all(i in available for i in n.input)]
-        if not ready:
-            raise RuntimeError("rewritten INT8 graph has a cycle or a missing input")
-        for node in ready:
-            ordered.append(node)
-            available.update(node.output)
-        done = {id(n) for n in ready}
-        pending = [n for n in pending if id(n) not in done]
-    return ordered
