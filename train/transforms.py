@@ -90,10 +90,18 @@ class CropAverage(nn.Module):
         """[N,K,C] softmax of each crop (K = 1 or 10, in ``imaging.ten_crop_boxes`` order)."""
         c = imaging.CROP
         x = (image.float() - self.offset) * self.scale
+        # Mirror the whole image once and cut the mirrored crops from it as plain slices:
+        # the same pixels as flipping each crop, but a reversed copy of one 256 image
+        # instead of five 224 crops (reversed slices are an element-by-element copy in
+        # ONNX Runtime: 4% of an INT8 run before this).
+        width = x.shape[-1]
+        mirror = x.flip(-1) if any(m for _, _, m in self.boxes) else None
         patches = []
         for top, left, mirrored in self.boxes:
-            patch = x[:, :, top : top + c, left : left + c]
-            patches.append(patch.flip(-1) if mirrored else patch)
+            if mirrored:
+                patches.append(mirror[:, :, top : top + c, width - left - c : width - left])
+            else:
+                patches.append(x[:, :, top : top + c, left : left + c])
         n = image.shape[0]
         stacked = torch.stack(patches, dim=1).reshape(n * len(self.boxes), 3, c, c)
         probs = torch.softmax(self.net(stacked).float(), dim=-1)
