@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -165,3 +166,7 @@ def test_cpu_int8_config_serves_labels(int8_export, tmp_path, photo_path):
         client.close()
     finally:
         assert server.stop() == 0
+    # Two instances share the cores: each ONNX Runtime pool gets half of them.
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    pools = re.findall(r"alexnet_\d+_\d+: ONNX Runtime on model.int8.onnx, (\d+) intra-op thread", (tmp_path / "triton.log").read_text())
+    assert pools == [str(share)] * 2, pools

@@ -16,11 +16,18 @@ import triton_python_backend_utils as pb_utils
 SHAPE = (3, 256, 256)
 
 
+def _share_of_cores(config: dict) -> int:
+    """intra_op_threads 0: the cores available to the server, split evenly among the
+    model's instances (each instance is its own process with its own ONNX Runtime pool)."""
+    instances = sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
+    return max(1, len(os.sched_getaffinity(0)) // instances)
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        threads = int(params.get("intra_op_threads", "0")) or len(os.sched_getaffinity(0))
+        threads = int(params.get("intra_op_threads", "0")) or _share_of_cores(config)
         filename = params.get("onnx_file", "model.onnx")
         path = Path(args["model_repository"]) / args["model_version"] / filename
         if not path.is_file():
@@ -30,6 +37,7 @@ class TritonPythonModel:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        pb_utils.Logger.log_info(f"{args['model_instance_name']}: ONNX Runtime on {filename}, {threads} intra-op thread(s)")
 
     def execute(self, requests):
         batches, problems = [], []
