@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import subprocess
 import sys
@@ -159,6 +160,25 @@ def test_wrong_dtype_or_shape_straight_to_alexnet(triton_server, array, words):
         client.infer("alexnet", [inp])
     assert words in str(info.value) and "IMAGE" in str(info.value), str(info.value)
     assert client.is_server_ready()
+
+
+def test_a_batch_larger_than_one_run_comes_back_whole_and_in_order(triton_server, served_repository):
+    """Nine images in one request: the cpu config runs them max_images_per_run (4) at a time;
+    every row equals the in-process classifier's, in the order sent."""
+    import tritonclient.http as httpclient
+
+    config = (served_repository / "alexnet" / "configs" / "cpu.pbtxt").read_text()
+    assert re.search(r'key: "max_images_per_run"\s*value: \{ string_value: "4" \}', config), "the split this test exercises"
+    batch = np.random.default_rng(9).integers(0, 256, (9, 3, 256, 256), dtype=np.uint8)
+    client = httpclient.InferenceServerClient(triton_server.http_url)
+    inp = httpclient.InferInput("IMAGE", list(batch.shape), "UINT8")
+    inp.set_data_from_numpy(batch)
+    probs = client.infer("alexnet", [inp]).as_numpy("PROBS")
+    classifier = from_checkpoint(served_repository.parent / "small.pt").classifier(10)
+    with torch.no_grad():
+        expected = classifier(torch.from_numpy(batch)).numpy()
+    assert probs.shape == expected.shape
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
 
 
 def test_good_and_bad_requests_together(triton_server, reference, images):

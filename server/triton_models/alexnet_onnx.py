@@ -29,6 +29,9 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         threads = int(params.get("intra_op_threads", "0")) or _share_of_cores(config)
         filename = params.get("onnx_file", "model.onnx")
+        # At most this many images per ONNX Runtime run (0: the whole batch).  ONNX Runtime's
+        # arena keeps the largest run's activations, so this bounds each instance's memory.
+        self.images_per_run = int(params.get("max_images_per_run", "0")) or None
         path = Path(args["model_repository"]) / args["model_version"] / filename
         if not path.is_file():
             raise pb_utils.TritonModelException(f"{path} is missing: run alexnet-export first")
@@ -51,7 +54,7 @@ class TritonPythonModel:
             batches.append(None if problem else image)
             problems.append(problem)
         good = [b for b in batches if b is not None]
-        probs = self.session.run(["PROBS"], {"IMAGE": np.concatenate(good)})[0] if good else None
+        probs = self._run(np.concatenate(good)) if good else None
         responses, start = [], 0
         for batch, problem in zip(batches, problems):
             if problem:
@@ -62,3 +65,8 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("PROBS", probs[start:end])]))
             start = end
         return responses
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        step = self.images_per_run or len(images)
+        parts = [self.session.run(["PROBS"], {"IMAGE": images[i : i + step]})[0] for i in range(0, len(images), step)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
