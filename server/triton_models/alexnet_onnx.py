@@ -1,7 +1,8 @@
-"""Triton python backend: alexnet on the CPU, ONNX Runtime running the exported model.onnx.
+"""Triton python backend: alexnet on the CPU, ONNX Runtime running the exported model
+(``onnx_file``: model.onnx or model.int8.onnx).
 
-Every request of a dynamically batched call goes through one ONNX Runtime run; each gets
-exactly one response.  A request whose IMAGE is not uint8 [n,3,256,256] gets an
+The requests of a dynamically batched call are concatenated and run ``max_images_per_run``
+images at a time (0: all at once); each request gets exactly one response.  A request whose IMAGE is not uint8 [n,3,256,256] gets an
 INVALID_ARG error naming the problem while the others succeed.
 """
 
