@@ -2,8 +2,9 @@
 (``onnx_file``: model.onnx or model.int8.onnx).
 
 The requests of a dynamically batched call are concatenated and run ``max_images_per_run``
-images at a time (0: all at once); each request gets exactly one response.  A request whose IMAGE is not uint8 [n,3,256,256] gets an
-INVALID_ARG error naming the problem while the others succeed.
+images at a time (0: all at once); each request gets exactly one response.  A request
+whose IMAGE is not uint8 [n,3,256,256] gets an INVALID_ARG error naming the problem while
+the others succeed.
 """
 
 import json
@@ -32,7 +33,7 @@ class TritonPythonModel:
         filename = params.get("onnx_file", "model.onnx")
         # At most this many images per ONNX Runtime run (0: the whole batch).  ONNX Runtime's
         # arena keeps the largest run's activations, so this bounds each instance's memory.
-        self.images_per_run = int(params.get("max_images_per_run", "0")) or None
+        self.images_per_run = int(params.get("max_images_per_run", "0"))
         path = Path(args["model_repository"]) / args["model_version"] / filename
         if not path.is_file():
             raise pb_utils.TritonModelException(f"{path} is missing: run alexnet-export first")
