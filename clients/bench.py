@@ -2,35 +2,40 @@
 
     alexnet-bench --concurrency 1,2,4,8 --duration 20 --inprocess
     alexnet-bench --model alexnet --protocol http --images photos/ --out bench-results
+    alexnet-bench --batch 8 --concurrency 64 --processes 8 --duration 30     # heavy load (GPU servers)
+    alexnet-bench --soak 1800 --concurrency 8                                # saturation, errors and RSS over time
     alexnet-bench --scenario singlestream --duration 30      # MLPerf LoadGen, the server as SUT
 
-Per concurrency level: throughput, latency p50/p90/p95/p99/max and errors; Triton's own
-split of the time (queue, compute input/infer/output) from its statistics extension; the
-resident memory of tritonserver and its python stubs when they run on this host.  A table
-on the terminal, results.json, results.csv and latency.png in --out.  With --inprocess,
-the same decode and the same ONNX file run in this process at the same concurrency, so the
-serving overhead shows side by side.  (perf_analyzer, the usual tool, is not on PyPI.)
+Per concurrency level: throughput (images/s), latency p50/p90/p95/p99/max and errors;
+Triton's own split of the time (queue, compute) from its statistics extension; the resident
+memory of this server (the process listening on --url's port, with its python stubs) when
+it runs on this host.  A table on the terminal, results.json, results.csv and latency.png
+in --out, each naming the CPU.  With --inprocess, the same decode and the same model file
+run in this process with the runtime and precision the served alexnet config uses, so the
+serving overhead shows side by side.  Exit 1 when any level had errors (the first error is
+printed), 2 for bad input or no server.  (perf_analyzer, the usual tool, is not on PyPI.)
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
-import os
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 import imaging
+from clients.label import walk
+from clients.load import PERCENTILES, Level, ServerMemory, run_level, server_split
 from clients.protocol import DEFAULT_URLS, PROTOCOLS, Connection, ServerError, bytes_batch
-
-PERCENTILES = (50, 90, 95, 99)
+from contract import ENSEMBLE, MODEL, cpu, files, layout, runtimes
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -38,15 +43,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     parser.add_argument("--url", help=f"Triton address (default: {DEFAULT_URLS['grpc']} grpc, {DEFAULT_URLS['http']} http)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
-    parser.add_argument("--model", choices=("classify", "alexnet"), default="classify",
+    parser.add_argument("--model", choices=(ENSEMBLE, MODEL), default=ENSEMBLE,
                         help="classify: JPEG bytes in (decode on the server); alexnet: uint8 256 images in")  # fmt: skip
-    parser.add_argument("--concurrency", default="1,2,4,8,16", help="comma-separated numbers of clients in flight")
+    parser.add_argument("--concurrency", default="1,2,4,8,16", help="comma-separated numbers of requests in flight")
+    parser.add_argument("--batch", type=int, default=1, help="images per request")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each level")
-    parser.add_argument("--images", type=Path, help="folder of images to send (default: sample photographs)")
-    parser.add_argument("--inprocess", action="store_true", help="also run the in-process baseline (same decode, same ONNX)")
-    parser.add_argument("--repository", type=Path, default=Path(__file__).resolve().parents[1] / "model_repository",
-                        help="where the in-process baseline finds alexnet's latest model.onnx")  # fmt: skip
+    parser.add_argument("--images", type=Path, help="folder of images to send, searched recursively (default: sample photographs)")
+    parser.add_argument("--max-images", type=int, default=64, help="images read from --images and sent in turn")
+    parser.add_argument("--inprocess", action="store_true", help="also run the in-process baseline (same decode, model file and runtime)")
+    parser.add_argument("--repository", type=Path, default=layout.default_repository(),
+                        help="where the in-process baseline finds alexnet's latest version")  # fmt: skip
+    parser.add_argument("--soak", type=float, metavar="SECONDS", help="run the first --concurrency level for this long; report errors and RSS over time")
+    parser.add_argument("--soak-interval", type=float, default=30.0, help="seconds per soak sample")
     parser.add_argument("--scenario", choices=("singlestream", "server", "offline"), help="run MLPerf LoadGen instead")
     parser.add_argument("--target-qps", type=float, default=5.0, help="LoadGen server scenario's arrival rate")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for results.json/csv and latency.png")
@@ -57,121 +66,35 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def load_images(folder: Path | None, limit: int = 64) -> list[bytes]:
-    if folder is None:
-        from export.check import sample_photographs
+    """Up to ``limit`` images as JPEG bytes (as cameras and browsers send them: others re-encoded).
 
-        paths = sample_photographs()
-    else:
-        if not folder.is_dir():
-            raise ServerError(f"--images {folder} is not a folder")
-        paths = [p for p in sorted(folder.rglob("*"))[: limit * 4] if p.is_file() and imaging.sniff(p)][:limit]
-    if not paths:
-        raise ServerError(f"no images found in {folder}")
-    # JPEG in, as cameras and browsers send it: re-encode anything else.
-    out = []
-    for p in paths:
-        data = p.read_bytes()
-        if imaging.sniff(data) != "JPEG":
-            import io
-
-            buf = io.BytesIO()
-            imaging.decode(data).save(buf, format="JPEG", quality=90)
-            data = buf.getvalue()
-        out.append(data)
-    return out
-
-
-# --- one measured level -----------------------------------------------------------------------------
-
-
-@dataclass
-class Level:
-    target: str
-    concurrency: int
-    requests: int = 0
-    errors: int = 0
-    seconds: float = 0.0
-    throughput: float = 0.0
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    server_ms: dict[str, dict[str, float]] = field(default_factory=dict)
-    server_rss_mib: float | None = None
-    first_error: str = ""
-
-
-def run_level(target: str, concurrency: int, make_call: Callable[[], Callable[[int], None]], duration: float, warmup: float) -> Level:
-    """``concurrency`` threads call their own ``call(i)`` back to back; latencies of the measured window count."""
-    start_at = time.perf_counter() + warmup
-    stop_at = start_at + duration
-    latencies: list[list[float]] = [[] for _ in range(concurrency)]
-    errors = [0] * concurrency
-    first_error: list[str] = []
-
-    def worker(k: int) -> None:
-        call = make_call()
-        i = k
-        while True:
-            t0 = time.perf_counter()
-            if t0 >= stop_at:
-                return
-            try:
-                call(i)
-                ok = True
-            except Exception as exc:  # noqa: BLE001 - counted, the first one reported
-                ok = False
-                if not first_error:
-                    first_error.append(str(exc))
-            t1 = time.perf_counter()
-            if t0 >= start_at and t1 <= stop_at:
-                (latencies[k].append(t1 - t0) if ok else None)
-                errors[k] += 0 if ok else 1
-            i += concurrency
-
-    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    flat = np.array([x for per in latencies for x in per]) * 1000
-    level = Level(target, concurrency, requests=int(flat.size), errors=sum(errors), seconds=duration,
-                  first_error=first_error[0] if first_error else "")  # fmt: skip
-    level.throughput = flat.size / duration
-    if flat.size:
-        level.latency_ms = {f"p{p}": float(np.percentile(flat, p)) for p in PERCENTILES}
-        level.latency_ms["max"] = float(flat.max())
-        level.latency_ms["mean"] = float(flat.mean())
-    return level
-
-
-def server_split(before: dict, after: dict) -> dict[str, float]:
-    """Average ms per request in each phase between two statistics snapshots."""
-    out = {}
-    b, a = before.get("inference_stats", {}), after.get("inference_stats", {})
-    for phase in ("queue", "compute_input", "compute_infer", "compute_output"):
-        count = int(a.get(phase, {}).get("count", 0)) - int(b.get(phase, {}).get("count", 0))
-        ns = int(a.get(phase, {}).get("ns", 0)) - int(b.get(phase, {}).get("ns", 0))
-        out[phase] = ns / count / 1e6 if count else 0.0
-    inferences = int(after.get("inference_count", 0)) - int(before.get("inference_count", 0))
-    executions = int(after.get("execution_count", 0)) - int(before.get("execution_count", 0))
-    out["avg_batch"] = inferences / executions if executions else 0.0
-    return out
-
-
-def triton_rss_mib() -> float | None:
-    """Resident memory of every tritonserver and python-backend stub process on this host."""
-    total, found = 0, False
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    Searches the whole folder (any name, any depth); files that are not images are passed
+    over, broken images are skipped and named on stderr.  ServerError when none is found."""
+    if folder is not None and not folder.is_dir():
+        raise ServerError(f"--images {folder} is not a folder")
+    paths = imaging.sample_photographs() if folder is None else walk(folder, recursive=True)
+    out: list[bytes] = []
+    skipped = 0
+    for path in paths:
+        if len(out) >= limit:
+            break
+        if imaging.sniff(path) is None:
             continue
         try:
-            comm = (entry / "comm").read_text().strip()
-            if comm.startswith("tritonserver") or comm.startswith("triton_python_b"):
-                for line in (entry / "status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-                        found = True
-        except OSError:
-            continue
-    return total / 1024 if found else None
+            data = Path(path).read_bytes()
+            if imaging.sniff(data) != "JPEG":
+                buffer = io.BytesIO()
+                imaging.decode(data, draft=True).save(buffer, format="JPEG", quality=90)
+                data = buffer.getvalue()
+            else:
+                imaging.load(data)  # a truncated JPEG would fail every request it is in
+            out.append(data)
+        except (imaging.ImageError, OSError) as exc:
+            skipped += 1
+            print(f"alexnet-bench: skipping {path}: {exc}", file=sys.stderr)
+    if not out:
+        raise ServerError(f"no usable images found in {folder}" + (f" ({skipped} broken)" if skipped else ""))
+    return out
 
 
 # --- the two targets ---------------------------------------------------------------------------------
@@ -182,7 +105,13 @@ def served_caller(args: argparse.Namespace, images: list[bytes]) -> tuple[Callab
     if not probe.model_ready(args.model):
         raise ServerError(f"model '{args.model}' is not ready at {probe.url}", "unavailable")
     info = probe.describe(args.model)
-    tensors = [bytes_batch([img]) for img in images] if info.input_datatype == "BYTES" else [imaging.load(img)[None] for img in images]
+    if info.max_batch_size and args.batch > info.max_batch_size:
+        raise ServerError(f"--batch {args.batch} is over model '{args.model}''s max_batch_size {info.max_batch_size}")
+    if info.input_datatype == "BYTES":
+        tensors = [bytes_batch([images[(i + k) % len(images)] for k in range(args.batch)]) for i in range(len(images))]
+    else:
+        arrays = [imaging.load(img) for img in images]
+        tensors = [np.stack([arrays[(i + k) % len(images)] for k in range(args.batch)]) for i in range(len(images))]
 
     def make_call():
         conn = Connection(args.url, args.protocol, concurrency=1)
@@ -191,29 +120,42 @@ def served_caller(args: argparse.Namespace, images: list[bytes]) -> tuple[Callab
     return make_call, probe
 
 
-def inprocess_caller(args: argparse.Namespace, images: list[bytes]) -> Callable:
-    import onnxruntime as ort
+def served_runtime(probe: Connection) -> tuple[str, str]:
+    """(runtime, precision) of the served alexnet config, from its parameters."""
+    params = probe.config(MODEL).get("parameters", {})
+    value = lambda key, default: (params.get(key) or {}).get("string_value", default)
+    return value("runtime", "onnxruntime"), value("precision", "f32")
 
-    from server.cli import latest_version
 
-    version = latest_version(args.repository)
+def inprocess_caller(args: argparse.Namespace, images: list[bytes], runtime: str, precision: str) -> tuple[Callable, str]:
+    """The served pipeline in this process: imaging's decode, then the same file in the same runtime."""
+    version = layout.latest_version(args.repository)
     if version is None:
-        raise ServerError(f"no exported model in {args.repository / 'alexnet'} for --inprocess: run alexnet-export first")
-    path = version / "model.onnx"
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = len(os.sched_getaffinity(0))
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    decode = args.model == "classify"
-    arrays = None if decode else [imaging.load(img)[None] for img in images]
+        raise ServerError(f"no exported model in {args.repository / MODEL} for --inprocess: run alexnet-export first")
+    try:
+        if runtime == "openvino":
+            precision, _ = runtimes.cpu_precision_for(version, precision)
+            model = runtimes.openvino(version, precision)
+        elif runtime == "pytorch":
+            model = runtimes.pytorch(version / runtimes.FILES["torchscript"])
+        else:
+            model = runtimes.onnxruntime(version / runtimes.FILES["int8" if precision == "int8" else "f32"])
+    except (runtimes.RuntimeUnavailable, FileNotFoundError) as exc:
+        raise ServerError(f"--inprocess: {exc}") from None
+    decode = args.model == ENSEMBLE
+    arrays = [imaging.load(img) for img in images]
+    lock = threading.Lock()  # one model instance, like the server's; callers queue for it
 
     def make_call():
         def call(i: int) -> None:
-            image = imaging.load(images[i % len(images)])[None] if decode else arrays[i % len(arrays)]
-            session.run(["PROBS"], {"IMAGE": image})
+            picks = [(i + k) % len(images) for k in range(args.batch)]
+            batch = np.stack([imaging.load(images[j]) if decode else arrays[j] for j in picks])
+            with lock:
+                model(batch)
 
         return call
 
-    return make_call
+    return make_call, model.describe()
 
 
 # --- reporting ------------------------------------------------------------------------------------------
@@ -232,17 +174,18 @@ def print_table(levels: list[Level]) -> None:
 
 def write_outputs(out: Path, levels: list[Level], meta: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "levels": [asdict(lv) for lv in levels]}, indent=2) + "\n")
-    with open(out / "results.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["target", "concurrency", "requests", "errors", "throughput", *[f"p{p}_ms" for p in PERCENTILES], "max_ms",
-                         "alexnet_queue_ms", "alexnet_infer_ms", "alexnet_avg_batch", "server_rss_mib"])  # fmt: skip
-        for lv in levels:
-            split = lv.server_ms.get("alexnet", {})
-            writer.writerow([lv.target, lv.concurrency, lv.requests, lv.errors, f"{lv.throughput:.3f}",
-                             *[f"{lv.latency_ms.get(f'p{p}', float('nan')):.2f}" for p in PERCENTILES], f"{lv.latency_ms.get('max', float('nan')):.2f}",
-                             f"{split.get('queue', 0):.2f}", f"{split.get('compute_infer', 0):.2f}", f"{split.get('avg_batch', 0):.2f}",
-                             "" if lv.server_rss_mib is None else f"{lv.server_rss_mib:.0f}"])  # fmt: skip
+    files.atomic_write(out / "results.json", json.dumps({"meta": meta, "levels": [asdict(lv) for lv in levels]}, indent=2) + "\n")
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["target", "concurrency", "requests", "errors", "throughput", *[f"p{p}_ms" for p in PERCENTILES], "max_ms",
+                     "alexnet_queue_ms", "alexnet_infer_ms", "alexnet_avg_batch", "server_rss_mib"])  # fmt: skip
+    for lv in levels:
+        split = lv.server_ms.get("alexnet", {})
+        writer.writerow([lv.target, lv.concurrency, lv.requests, lv.errors, f"{lv.throughput:.3f}",
+                         *[f"{lv.latency_ms.get(f'p{p}', float('nan')):.2f}" for p in PERCENTILES], f"{lv.latency_ms.get('max', float('nan')):.2f}",
+                         f"{split.get('queue', 0):.2f}", f"{split.get('compute_infer', 0):.2f}", f"{split.get('avg_batch', 0):.2f}",
+                         "" if lv.server_rss_mib is None else f"{lv.server_rss_mib:.0f}"])  # fmt: skip
+    files.atomic_write(out / "results.csv", text.getvalue())
     import matplotlib
 
     matplotlib.use("Agg")
@@ -259,7 +202,8 @@ def write_outputs(out: Path, levels: list[Level], meta: dict) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "latency.png", dpi=100)
+    with files.atomic_output(out / "latency.png") as fh:
+        fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -316,40 +260,70 @@ def run_loadgen(args: argparse.Namespace, images: list[bytes]) -> int:
     return 0 if summary.is_file() else 1
 
 
+def parse_levels(text: str) -> list[int]:
+    levels = [int(c) for c in text.split(",") if c.strip()]
+    if not levels or min(levels) < 1:
+        raise ValueError
+    return levels
+
+
+def measure_levels(args: argparse.Namespace, images: list[bytes], levels_wanted: list[int]) -> tuple[list[Level], dict]:
+    make_served, probe = served_caller(args, images)
+    memory = ServerMemory(probe.url)
+    runtime, precision = served_runtime(probe) if args.model in (ENSEMBLE, MODEL) else ("", "")
+    make_local, local = inprocess_caller(args, images, runtime, precision) if args.inprocess else (None, "")
+    levels: list[Level] = []
+    watch = [ENSEMBLE, "preprocess", MODEL] if args.model == ENSEMBLE else [MODEL]
+    try:
+        for c in levels_wanted:
+            before = {m: probe.statistics(m) for m in watch}
+            level = run_level("served", c, make_served, args.duration, args.warmup, args.batch)
+            time.sleep(0.2)  # Triton records statistics just after it answers
+            after = {m: probe.statistics(m) for m in watch}
+            level.server_ms = {m: server_split(before[m], after[m]) for m in watch}
+            level.server_rss_mib = memory.rss_mib()
+            levels.append(level)
+            if make_local is not None:
+                levels.append(run_level("inprocess", c, make_local, args.duration, args.warmup, args.batch))
+    finally:
+        probe.close()
+    return levels, {"served_runtime": f"{runtime} {precision}".strip(), "inprocess_runtime": local}
+
+
 def main(args: argparse.Namespace) -> int:
     try:
-        levels_wanted = [int(c) for c in args.concurrency.split(",") if c.strip()]
-        if not levels_wanted or min(levels_wanted) < 1:
-            raise ValueError
+        levels_wanted = parse_levels(args.concurrency)
     except ValueError:
         print(f"alexnet-bench: error: --concurrency must be positive integers like 1,2,4, got {args.concurrency!r}", file=sys.stderr)
         return 2
+    if args.batch < 1:
+        print("alexnet-bench: error: --batch must be >= 1", file=sys.stderr)
+        return 2
+    print(f"CPU: {cpu.line()}")
     try:
-        images = load_images(args.images)
+        images = load_images(args.images, args.max_images)
         if args.scenario:
             return run_loadgen(args, images)
-        make_served, probe = served_caller(args, images)
-        make_local = inprocess_caller(args, images) if args.inprocess else None
-        levels: list[Level] = []
-        watch = ["classify", "preprocess", "alexnet"] if args.model == "classify" else ["alexnet"]
-        for c in levels_wanted:
-            before = {m: probe.statistics(m) for m in watch}
-            level = run_level("served", c, make_served, args.duration, args.warmup)
-            after = {m: probe.statistics(m) for m in watch}
-            level.server_ms = {m: server_split(before[m], after[m]) for m in watch}
-            level.server_rss_mib = triton_rss_mib()
-            levels.append(level)
-            if make_local is not None:
-                levels.append(run_level("inprocess", c, make_local, args.duration, args.warmup))
-        probe.close()
+        if args.soak:
+            from clients import soak
+
+            return soak.run(args, images, levels_wanted[0], served_caller)
+        levels, runtimes_used = measure_levels(args, images, levels_wanted)
     except ServerError as exc:
         print(f"alexnet-bench: error: {exc}", file=sys.stderr)
         return 2
     print_table(levels)
-    meta = {"model": args.model, "protocol": args.protocol, "url": args.url or DEFAULT_URLS[args.protocol], "duration_s": args.duration,
-            "warmup_s": args.warmup, "images": len(images), "cpu_count": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+    meta = {"model": args.model, "protocol": args.protocol, "url": args.url or DEFAULT_URLS[args.protocol], "batch": args.batch,
+            "duration_s": args.duration, "warmup_s": args.warmup, "images": len(images), "cpu": cpu.describe(),
+            **runtimes_used, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
     write_outputs(args.out, levels, meta)
     print(f"wrote {args.out / 'results.json'}, {args.out / 'results.csv'}, {args.out / 'latency.png'}")
+    failed = [lv for lv in levels if lv.errors]
+    if failed:
+        worst = failed[0]
+        print(f"alexnet-bench: {sum(lv.errors for lv in failed)} request(s) failed in {len(failed)} level(s); "
+              f"first ({worst.target}, concurrency {worst.concurrency}): {worst.first_error}", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

@@ -37,14 +37,17 @@ class Result:
     error: ServerError | None = None
 
 
-def _read(image: Image) -> tuple[str, bytes]:
+def _source(image: Image) -> str:
+    return "<bytes>" if isinstance(image, (bytes, bytearray, memoryview)) else str(image)
+
+
+def _read(image: Image) -> bytes:
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return "<bytes>", bytes(image)
-    path = Path(image)
+        return bytes(image)
     try:
-        return str(path), path.read_bytes()
+        return Path(image).read_bytes()
     except OSError as exc:
-        raise ServerError(f"{path}: cannot read ({exc.strerror or exc})", "refused") from None
+        raise ServerError(f"cannot read: {(exc.strerror or str(exc)).lower()}", "refused") from None
 
 
 class Classifier:
@@ -130,8 +133,10 @@ class Classifier:
             delay = min(delay * 2, 5.0)
 
     def classify_one(self, image: Image, topk: int = 5) -> list[tuple[str, float]]:
-        """Top-k of one image; transient failures are retried for ``retry_for`` seconds."""
-        source, data = _read(image)
+        """Top-k of one image.  Server faults and lost connections (transient) are retried with
+        backoff for ``retry_for`` seconds; a refused image raises at once.  The error's message
+        does not repeat the image's name: callers that show it add it once."""
+        data = _read(image)
         deadline, delay = time.monotonic() + self.retry_for, 0.25
         while True:
             try:
@@ -139,18 +144,18 @@ class Classifier:
                 return parse_top(entries)
             except ServerError as exc:
                 if exc.kind == "refused":
-                    raise ServerError(f"{source}: image refused: {exc}", "refused") from None
+                    raise ServerError(f"image refused: {exc}", "refused") from None
                 if not exc.transient or time.monotonic() + delay > deadline:
                     raise
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
     def classify(self, images: Iterable[Image], topk: int = 5) -> list[list[tuple[str, float]]]:
-        """Top-k (label, score) per image, in order; the first failure raises ClassifierError."""
+        """Top-k (label, score) per image, in order; the first failure raises ClassifierError naming the image."""
         results = []
         for result in self.classify_many(images, topk, ordered=True):
             if result.error is not None:
-                raise result.error
+                raise ServerError(f"{result.source}: {result.error}", result.error.kind)
             results.append(result.labels)
         return results
 
@@ -169,12 +174,12 @@ class Classifier:
         """
         width = concurrency or self.concurrency
         self.info  # fail fast, once, when the server or model is not there
-        pending: dict[Future, tuple[int, str]] = {}
+        pending: set[Future] = set()
         done_early: dict[int, Result] = {}
         next_out = 0
 
         def run(index: int, image: Image) -> Result:
-            source = "<bytes>" if isinstance(image, (bytes, bytearray, memoryview)) else str(image)
+            source = _source(image)
             try:
                 return Result(index, source, self.classify_one(image, topk))
             except ServerError as exc:
@@ -190,12 +195,12 @@ class Classifier:
                     except StopIteration:
                         exhausted = True
                         break
-                    pending[pool.submit(run, index, image)] = (index, str(image)[:80])
+                    pending.add(pool.submit(run, index, image))
                 if not pending:
                     break
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    pending.pop(future)
+                    pending.discard(future)
                     result = future.result()
                     if not ordered:
                         yield result

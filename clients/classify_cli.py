@@ -43,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
             failed += 1
             rows.append({"image": result.source, "error": str(result.error)})
             if not args.json:
-                print(f"alexnet-classify: {result.error}", file=sys.stderr)
+                print(f"alexnet-classify: {result.source}: {result.error}", file=sys.stderr)
             continue
         rows.append({"image": result.source, "top": [{"label": l, "score": s} for l, s in result.labels]})
         if not args.json:

@@ -1,13 +1,17 @@
 """alexnet-label: label every image in a folder through the AlexNet Triton server.
 
     alexnet-label photos/ --recursive --out labels.csv --concurrency 8
-    alexnet-label photos/ --out labels.jsonl --resume       # after an interruption
+    alexnet-label photos/ --out labels.jsonl --resume       # after an interruption, or to retry failures
 
-Walks the folder lazily (the first request goes out before the folder is listed), skips
-files that are not images by their content, keeps up to N requests in flight, and writes
-one row per image as it completes, flushed, so a crash loses nothing already labelled.
-While the server is unreachable or restarting, requests are retried with backoff.
-Exit codes: 0 all labelled, 1 some images failed, 2 usage error or no server answered.
+Walks the folder lazily (the first request goes out before the folder is listed) and keeps
+up to N requests in flight.  Every file that is an image by its header or by its name gets
+exactly one row, written and flushed as it completes: its labels, or why it failed
+(permission denied, truncated, too large, unsupported format).  A folder or entry that
+cannot be read is named once and counted; the walk goes on.  While the server is
+unreachable or failing on its side (a restart, a dead stub), requests are retried with
+backoff and never written as failed rows.
+Exit codes: 0 all labelled, 1 some images failed or some entries could not be read,
+2 usage error or no server answered.
 """
 
 from __future__ import annotations
@@ -17,87 +21,146 @@ import csv
 import io
 import json
 import os
+import stat
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Iterator
 
 import imaging
 from clients.classifier import Classifier, ClassifierError, Result
 from clients.protocol import DEFAULT_URLS, PROTOCOLS
+from contract import files
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+# Files with these names are images to the user even when their header is unreadable: they
+# get a row (failed, with the reason) instead of silently counting as "not an image".
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".ico"}
+# File names are OS bytes; names that are not UTF-8 travel as Python's surrogate escapes and are
+# written back byte for byte (CSV) or as JSON string escapes (JSONL), so every name round-trips.
+NAME_ERRORS = "surrogateescape"
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alexnet-label", description=__doc__.split("\n\n")[0], add_help=add_help,
+                                     epilog="Any file name is written: in CSV as the file system's own bytes (read it back "
+                                            "with encoding='utf-8', errors='surrogateescape'), in JSONL as a JSON string "
+                                            "(names that are not UTF-8 appear as \\udcXX escapes).",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     parser.add_argument("folder", type=Path, metavar="DIR")
     parser.add_argument("--out", type=Path, default=Path("labels.csv"), help="FILE.csv or FILE.jsonl")
-    parser.add_argument("--recursive", action="store_true", help="descend into sub-folders")
+    parser.add_argument("--recursive", action="store_true", help="descend into sub-folders (symbolic links to folders are not followed)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     parser.add_argument("--topk", type=int, default=5)
-    parser.add_argument("--resume", action="store_true", help="skip images already in --out and append")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue --out: images with a label are skipped; failed rows are removed and retried")  # fmt: skip
+    parser.add_argument("--keep-failed", action="store_true", help="with --resume: do not retry failed rows (exit 1 says they remain)")
     parser.add_argument("--url", help=f"Triton address (default: {DEFAULT_URLS['grpc']} grpc, {DEFAULT_URLS['http']} http)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
     parser.add_argument("--model", default="classify")
-    parser.add_argument("--retry-timeout", type=float, default=120.0, help="seconds to keep retrying while the server is down")
+    parser.add_argument("--retry-timeout", type=float, default=120.0, help="seconds to keep retrying while the server is down or failing")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
 
-def walk(root: Path, recursive: bool) -> Iterator[Path]:
-    """Files under ``root``, produced while scanning (os.scandir), never listed up front."""
+# --- the walk ----------------------------------------------------------------------------------------
+
+
+def walk(root: Path, recursive: bool, on_error: Callable[[str, str], None] | None = None) -> Iterator[Path]:
+    """Files under ``root`` (symbolic links to files included), produced while scanning.
+
+    Never stops early: a folder that cannot be listed or an entry that cannot be examined
+    (a symbolic-link loop, a dangling link) is reported through ``on_error(path, why)`` and
+    skipped, and the walk goes on.  Links to folders are not followed (no cycles)."""
     pending = [root]
     while pending:
         folder = pending.pop()
+        subfolders = []
         try:
             with os.scandir(folder) as entries:
-                subfolders = []
                 for entry in entries:
-                    if entry.is_file(follow_symlinks=True):
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            if recursive and not entry.name.startswith("."):
+                                subfolders.append(entry.path)
+                            continue
+                        mode = os.stat(entry.path).st_mode  # follows links; raises on loops and dangling links
+                    except OSError as exc:
+                        if on_error:
+                            on_error(entry.path, f"cannot examine: {exc.strerror or exc}")
+                        continue
+                    if stat.S_ISREG(mode):
                         yield Path(entry.path)
-                    elif recursive and entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
-                        subfolders.append(entry.path)
-                pending.extend(reversed(sorted(subfolders)))
         except OSError as exc:
-            print(f"alexnet-label: cannot read folder {folder}: {exc.strerror or exc}", file=sys.stderr)
+            if on_error:
+                on_error(str(folder), f"cannot read folder: {exc.strerror or exc}")
+        pending.extend(sorted(subfolders, reverse=True))
+
+
+def is_image(path: Path) -> bool:
+    """An image by its header, or by its name (so an unreadable photo still gets a row)."""
+    return imaging.sniff(path) is not None or path.suffix.lower() in IMAGE_SUFFIXES
+
+
+# --- the output ---------------------------------------------------------------------------------------
 
 
 class Output:
-    """Rows appended and flushed one by one; CSV or JSON lines by the file's suffix."""
+    """Rows appended and flushed one by one; CSV or JSON lines by the file's suffix.
+
+    On resume, the rows of images that got a label are kept and skipped; failed rows are
+    removed (the file is rewritten atomically) so that the retried images get one row each."""
 
     FIELDS = ("path", "labels", "scores", "error")
 
-    def __init__(self, path: Path, resume: bool) -> None:
+    def __init__(self, path: Path, resume: bool, keep_failed: bool = False) -> None:
         self.path = path
         self.kind = "jsonl" if path.suffix.lower() in (".jsonl", ".ndjson", ".json") else "csv"
         self.done: set[str] = set()
+        self.failed_kept = 0
         if resume and path.is_file():
-            self._recover()
+            self._recover(keep_failed)
         elif path.exists() and not resume:
             raise ClassifierError(f"{path} exists: pass --resume to continue it, or choose another --out")
         path.parent.mkdir(parents=True, exist_ok=True)
         new = not path.is_file() or path.stat().st_size == 0
-        self.fh = open(path, "a", encoding="utf-8", newline="")
+        self.fh = open(path, "a", encoding="utf-8", errors=NAME_ERRORS, newline="")
         self.writer = csv.writer(self.fh) if self.kind == "csv" else None
         if new and self.writer:
             self.writer.writerow(self.FIELDS)
             self.fh.flush()
 
-    def _recover(self) -> None:
+    def _rows(self, text: str) -> list[tuple[str, str, str]]:
+        """(path, error, the row's own text) per row."""
+        if self.kind == "csv":
+            lines = text.splitlines(keepends=True)
+            if not lines:
+                return []
+            rows = []
+            for line, row in zip(lines[1:], csv.reader(lines[1:])):
+                if row:
+                    rows.append((row[0], row[3] if len(row) > 3 else "", line))
+            return rows
+        out = []
+        for line in text.splitlines(keepends=True):
+            if line.strip():
+                row = json.loads(line)
+                out.append((row["path"], row.get("error", ""), line))
+        return out
+
+    def _recover(self, keep_failed: bool) -> None:
         data = self.path.read_bytes()
         cut = data.rfind(b"\n") + 1
-        if cut < len(data):  # a row cut short by a crash: drop it, it is redone
-            with open(self.path, "r+b") as fh:
-                fh.truncate(cut)
-            data = data[:cut]
-        text = data.decode("utf-8")
-        if self.kind == "csv":
-            self.done = {row["path"] for row in csv.DictReader(io.StringIO(text)) if row.get("path")}
-        else:
-            self.done = {json.loads(line)["path"] for line in text.splitlines() if line.strip()}
+        text = data[:cut].decode("utf-8", NAME_ERRORS)  # a row cut short by a crash is dropped: it is redone
+        rows = self._rows(text)
+        kept = [r for r in rows if not r[1] or keep_failed]
+        self.done = {p for p, _, _ in kept}
+        self.failed_kept = sum(1 for r in kept if r[1])
+        if len(kept) != len(rows) or cut < len(data):
+            header = text.splitlines(keepends=True)[0] if self.kind == "csv" and text else ""
+            files.atomic_write(self.path, (header + "".join(line for _, _, line in kept)).encode("utf-8", NAME_ERRORS))
 
     def write(self, result: Result) -> None:
         labels = result.labels or []
@@ -132,38 +195,38 @@ class Counter(threading.Thread):
         self.bar.refresh()
 
 
-def main(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+# --- the run ----------------------------------------------------------------------------------------------
 
+
+def _check_args(args: argparse.Namespace) -> str | None:
     if not args.folder.is_dir():
-        print(f"alexnet-label: error: {args.folder} is not a folder", file=sys.stderr)
-        return EXIT_USAGE
+        return f"{args.folder} is not a folder"
     if args.concurrency < 1 or args.topk < 1:
-        print("alexnet-label: error: --concurrency and --topk must be >= 1", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        out = Output(args.out, args.resume)
-    except (ClassifierError, OSError, ValueError, json.JSONDecodeError) as exc:
-        print(f"alexnet-label: error: {args.out}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return "--concurrency and --topk must be >= 1"
+    if args.keep_failed and not args.resume:
+        return "--keep-failed goes with --resume"
+    return None
 
-    counts = {"labelled": 0, "failed": 0, "not_images": 0, "already_done": 0}
-    bar = tqdm(total=None, unit="file", desc="labelling", disable=args.no_progress, dynamic_ncols=True)
-    counter = Counter(args.folder, args.recursive, bar)
-    counter.start()
+
+def label_all(args: argparse.Namespace, out: Output, bar, counts: dict[str, int]) -> None:
+    """Classify every image the walk finds that ``out`` does not hold yet; raises ClassifierError
+    when the server stays away longer than --retry-timeout."""
+
+    def skipped(path: str, why: str) -> None:
+        counts["unreadable"] += 1
+        bar.write(f"alexnet-label: {path}: {why}", file=sys.stderr)
 
     def todo() -> Iterator[Path]:
-        for path in walk(args.folder, args.recursive):
+        for path in walk(args.folder, args.recursive, skipped):
             if str(path) in out.done:
                 counts["already_done"] += 1
                 bar.update(1)
-            elif imaging.sniff(path) is None:  # by content: the header, not the name
+            elif not is_image(path):  # by content or by name
                 counts["not_images"] += 1
                 bar.update(1)
             else:
                 yield path
 
-    started = time.perf_counter()
     clf = Classifier(args.url, args.protocol, model=args.model, concurrency=args.concurrency, retry_for=args.retry_timeout)
     try:
         clf.wait_ready(args.retry_timeout)
@@ -174,7 +237,30 @@ def main(args: argparse.Namespace) -> int:
             counts["failed" if result.error else "labelled"] += 1
             bar.update(1)
             if result.error:
-                bar.write(f"alexnet-label: {result.source}: {result.error}")
+                bar.write(f"alexnet-label: {result.source}: {result.error}", file=sys.stderr)
+    finally:
+        clf.close()
+
+
+def main(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    if problem := _check_args(args):
+        print(f"alexnet-label: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        out = Output(args.out, args.resume, args.keep_failed)
+    except (ClassifierError, OSError, ValueError, json.JSONDecodeError) as exc:
+        print(f"alexnet-label: error: {args.out}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    counts = {"labelled": 0, "failed": 0, "not_images": 0, "unreadable": 0, "already_done": 0}
+    bar = tqdm(total=None, unit="file", desc="labelling", disable=args.no_progress, dynamic_ncols=True)
+    counter = Counter(args.folder, args.recursive, bar)
+    counter.start()
+    started = time.perf_counter()
+    try:
+        label_all(args, out, bar, counts)
     except ClassifierError as exc:
         bar.close()
         print(f"alexnet-label: error: {exc} (rows so far are in {args.out}; rerun with --resume)", file=sys.stderr)
@@ -185,17 +271,18 @@ def main(args: argparse.Namespace) -> int:
         return 130
     finally:
         counter.stop.set()
-        clf.close()
         out.close()
     bar.close()
     seconds = time.perf_counter() - started
     done = counts["labelled"] + counts["failed"]
+    kept = f", {out.failed_kept} failed rows kept (not retried: --keep-failed)" if out.failed_kept else ""
     print(
-        f"alexnet-label: {counts['labelled']} labelled, {counts['failed']} failed, {counts['not_images']} not images, "
-        f"{counts['already_done']} already in {args.out}; {done / seconds if seconds else 0:.1f} img/s over {seconds:.1f} s",
+        f"alexnet-label: {counts['labelled']} labelled, {counts['failed']} failed, {counts['unreadable']} unreadable entries, "
+        f"{counts['not_images']} not images, {counts['already_done']} already in {args.out}{kept}; "
+        f"{done / seconds if seconds else 0:.1f} img/s over {seconds:.1f} s",
         file=sys.stderr,
     )
-    return EXIT_SOME_FAILED if counts["failed"] else EXIT_OK
+    return EXIT_SOME_FAILED if counts["failed"] or counts["unreadable"] or out.failed_kept else EXIT_OK
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -20,7 +20,14 @@ PROTOCOLS = tuple(DEFAULT_URLS)
 
 
 class ServerError(Exception):
-    """A readable failure talking to Triton; ``kind`` says whether retrying can help."""
+    """A readable failure talking to Triton; ``kind`` says whether retrying can help.
+
+    unreachable: no connection (the server is down or restarting) -- transient
+    unavailable: the server answered with a fault of its own (a model not ready, a dead
+                 python-backend stub, an internal error, stopping) -- transient
+    refused:     the server rejected this input (INVALID_ARG); retrying will not help
+    other:       anything else (an unknown model, a protocol error)
+    """
 
     def __init__(self, message: str, kind: str = "other") -> None:
         super().__init__(message)
@@ -31,23 +38,37 @@ class ServerError(Exception):
         return self.kind in ("unreachable", "unavailable")
 
 
+# Triton's error codes as each protocol reports them (grpc: the status code's name; HTTP:
+# the status, which Triton 2.51 maps from the same codes: INVALID_ARG 400, NOT_FOUND 404,
+# INTERNAL 500, UNAVAILABLE 503).
+_KINDS = {
+    "INVALID_ARGUMENT": "refused", "400": "refused",
+    "UNAVAILABLE": "unavailable", "INTERNAL": "unavailable", "DEADLINE_EXCEEDED": "unavailable",
+    "RESOURCE_EXHAUSTED": "unavailable", "ABORTED": "unavailable", "CANCELLED": "unavailable",
+    "500": "unavailable", "502": "unavailable", "503": "unavailable", "504": "unavailable",
+}  # fmt: skip
+
+
+def _status(exc: InferenceServerException) -> str:
+    """'INVALID_ARGUMENT' from a gRPC 'StatusCode.INVALID_ARGUMENT', '400' from HTTP's '400'."""
+    return str(exc.status() or "").rsplit(".", 1)[-1]
+
+
 def _translate(exc: BaseException, url: str, model: str | None = None) -> ServerError:
     if isinstance(exc, ServerError):
         return exc
     if isinstance(exc, (ConnectionError, OSError, TimeoutError)) and not isinstance(exc, InferenceServerException):
         return ServerError(f"cannot reach Triton at {url} ({exc.__class__.__name__}): is alexnet-serve running?", "unreachable")
     if isinstance(exc, InferenceServerException):
-        status = str(exc.status() or "")
-        message = exc.message() or str(exc)
-        if "UNAVAILABLE" in status and ("connect" in message.lower() or "socket" in message.lower()):
-            return ServerError(f"cannot reach Triton at {url}: is alexnet-serve running?", "unreachable")
-        lowered = message.lower()
-        if "UNAVAILABLE" in status or "not ready" in lowered or "unknown model" in lowered or "is not found" in lowered or "server is stopping" in lowered or status in ("502", "503"):
+        status = _status(exc)
+        message = (exc.message() or str(exc)).replace(f"in ensemble '{model}', ", "")
+        kind = _KINDS.get(status, "other")
+        if kind == "refused":
+            return ServerError(message, kind)
+        if kind == "unavailable":
             what = f"model '{model}'" if model else "the server"
-            return ServerError(f"{what} is not available at {url}: {message}", "unavailable")
-        if "INVALID_ARG" in status or status == "400" or "in ensemble" in lowered:
-            return ServerError(message.replace("in ensemble 'classify', ", ""), "refused")
-        return ServerError(f"Triton error ({status}): {message}", "other")
+            return ServerError(f"{what} is not available at {url} ({status}): {message}", kind)
+        return ServerError(f"Triton error ({status or 'no status'}): {message}", kind)
     return ServerError(f"{exc.__class__.__name__}: {exc}", "other")
 
 

@@ -1,18 +1,19 @@
-"""Benchmark: the exported 10-crop classifier in ONNX Runtime against PyTorch eager, same run.
+"""Benchmark: the exported 10-crop classifier in every CPU runtime and precision, in one run.
 
     python -m export.bench                         # paper arch, 1000 classes, random weights
     python -m export.bench runs/demo/checkpoint.pt --batch-sizes 1,8 --seconds 20 --json bench.json
+    python -m export.bench runs/demo/checkpoint.pt --int8 --calibration fashion-mnist
 
-Both run the identical procedure (uint8 IMAGE -> 10 crops -> softmax -> mean) on the same
-inputs with the same number of threads; the table gives images/s and the ratio.
+All run the identical procedure (uint8 IMAGE -> 10 crops -> softmax -> mean) on the same
+inputs with the same number of threads: PyTorch eager, ONNX Runtime fp32 (the baseline of
+the ratios), OpenVINO f32 and bf16 (where the CPU has AMX or AVX512-BF16), and with --int8
+the quantized model in ONNX Runtime and OpenVINO.  The table and the JSON name the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from contract import cpu, files, runtimes
 from export import check, onnx_graph, source
 from train.transforms import normalisation
 
@@ -35,8 +37,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per runtime and batch size")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
-    parser.add_argument("--threads", type=int, default=0, help="threads for both runtimes (0 = all cores)")
-    parser.add_argument("--int8", action="store_true", help="also quantize (export --int8) and time the INT8 model")
+    parser.add_argument("--threads", type=int, default=0, help="threads for every runtime (0 = all cores)")
+    parser.add_argument("--no-eager", action="store_true", help="leave PyTorch eager out (slow on the CPU)")
+    parser.add_argument("--int8", action="store_true", help="also quantize (export --int8) and time the INT8 model in both runtimes")
     parser.add_argument("--calibration", default="fashion-mnist", help="with --int8: calibration images (folder or fashion-mnist)")
     parser.add_argument("--calibration-images", type=int, default=128)
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -56,43 +59,62 @@ def measure(run, batch: np.ndarray, seconds: float, warmup: int) -> dict[str, fl
     return {"images_per_s": len(times) * len(batch) / total, "latency_ms_p50": 1000 * float(np.median(times)), "runs": len(times)}
 
 
-def main(args: argparse.Namespace) -> int:
-    threads = args.threads or len(os.sched_getaffinity(0))
-    torch.set_num_threads(threads)
+def _source(args: argparse.Namespace) -> source.Source:
     if args.checkpoint:
-        src = source.from_checkpoint(args.checkpoint)
-    else:
-        from train.model import alexnet
+        return source.from_checkpoint(args.checkpoint)
+    from train.model import alexnet
 
-        torch.manual_seed(0)
-        net = alexnet(args.arch, args.classes, init="kaiming").eval()
-        offset, scale = normalisation(args.arch, np.full((3, 256, 256), 114.0, np.float32))
-        src = source.Source(args.arch, [str(i) for i in range(args.classes)], net, offset, scale, f"random {args.arch}")
+    torch.manual_seed(0)
+    net = alexnet(args.arch, args.classes, init="kaiming").eval()
+    offset, scale = normalisation(args.arch, np.full((3, 256, 256), 114.0, np.float32), 1 / 64)
+    return source.Source(args.arch, [str(i) for i in range(args.classes)], net, offset, scale, f"random {args.arch}")
+
+
+def runtimes_to_time(args: argparse.Namespace, classifier, folder: Path, threads: int) -> dict:
+    """name -> callable, every runtime this machine can run, the baseline (onnxruntime-f32) first."""
+    torch.set_num_threads(threads)
+    found = {"onnxruntime-f32": runtimes.onnxruntime(folder / runtimes.FILES["f32"], threads)}
+    if not args.no_eager:
+        found["pytorch-eager-f32"] = check.torch_runner(classifier)
+    precisions = ["f32"] + (["bf16"] if cpu.has_native_bf16() else [])
+    if args.int8:
+        from export import quantize
+
+        calibration, _ = quantize.calibration_images(args.calibration, args.calibration_images, 1)
+        quantize.quantize(folder / runtimes.FILES["f32"], folder / runtimes.FILES["int8"], calibration)
+        found["onnxruntime-int8"] = runtimes.onnxruntime(folder / runtimes.FILES["int8"], threads)
+        precisions.append("int8")
+    for precision in precisions:
+        try:
+            found[f"openvino-{precision}"] = runtimes.openvino(folder, precision, threads)
+        except runtimes.RuntimeUnavailable as exc:
+            print(f"(openvino {precision} left out: {exc})", file=sys.stderr)
+    return found
+
+
+def main(args: argparse.Namespace) -> int:
+    threads = args.threads or cpu.cores()
+    src = _source(args)
     classifier = src.classifier(args.crops)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        onnx_graph.write(classifier, path, len(src.classes), {})
-        runtimes = {"pytorch-eager": check.torch_runner(classifier), "onnxruntime": check.onnxruntime_runner(path, threads)}
-        if args.int8:
-            from export import quantize
-
-            calibration, _ = quantize.calibration_images(args.calibration, args.calibration_images, 1)
-            quantize.quantize(path, Path(tmp) / "model.int8.onnx", calibration)
-            runtimes["onnxruntime-int8"] = check.onnxruntime_runner(Path(tmp) / "model.int8.onnx", threads)
+        folder = Path(tmp)
+        onnx_graph.write(classifier, folder / runtimes.FILES["f32"], len(src.classes), {})
+        timed = runtimes_to_time(args, classifier, folder, threads)
         for n in [int(b) for b in args.batch_sizes.split(",")]:
             batch = np.random.default_rng(n).integers(0, 256, (n, 3, 256, 256), dtype=np.uint8)
-            results = {name: measure(run, batch, args.seconds, args.warmup) for name, run in runtimes.items()}
-            base, ort = results["pytorch-eager"]["images_per_s"], results["onnxruntime"]["images_per_s"]
+            results = {name: measure(run, batch, args.seconds, args.warmup) for name, run in timed.items()}
+            base = results["onnxruntime-f32"]["images_per_s"]
             for name, r in results.items():
-                rows.append({"runtime": name, "batch": n, **r, "ratio_vs_eager": r["images_per_s"] / base, "ratio_vs_ort_fp32": r["images_per_s"] / ort})
-    print(f"{src.origin}, {args.crops}-crop, {threads} threads, {platform.processor() or platform.machine()}, torch {torch.__version__}")
-    print(f"{'runtime':<18}{'batch':>6}{'images/s':>10}{'p50 ms':>9}{'vs eager':>10}{'vs ORT fp32':>13}")
+                rows.append({"runtime": name, "batch": n, **r, "ratio_vs_ort_fp32": r["images_per_s"] / base})
+    print(f"{src.origin}, {args.crops}-crop, {threads} threads, torch {torch.__version__}")
+    print(f"CPU: {cpu.line()}")
+    print(f"{'runtime':<20}{'batch':>6}{'images/s':>10}{'p50 ms':>9}{'vs ORT fp32':>13}")
     for r in rows:
-        print(f"{r['runtime']:<18}{r['batch']:>6}{r['images_per_s']:>10.2f}{r['latency_ms_p50']:>9.1f}{r['ratio_vs_eager']:>9.2f}x{r['ratio_vs_ort_fp32']:>12.2f}x")
+        print(f"{r['runtime']:<20}{r['batch']:>6}{r['images_per_s']:>10.2f}{r['latency_ms_p50']:>9.1f}{r['ratio_vs_ort_fp32']:>12.2f}x")
     if args.json:
-        meta = {"source": src.origin, "crops": args.crops, "threads": threads, "cpu_count": os.cpu_count(), "torch": torch.__version__}
-        args.json.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+        meta = {"source": src.origin, "crops": args.crops, "threads": threads, "cpu": cpu.describe(), "torch": torch.__version__}
+        files.atomic_write(args.json, json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
     return 0
 
 

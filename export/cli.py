@@ -1,11 +1,12 @@
-"""alexnet-export: a checkpoint (or torchvision's weights) -> the 10-crop ONNX classifier in the Triton repository.
+"""alexnet-export: a checkpoint (or torchvision's weights) -> the served Triton model repository.
 
-    alexnet-export runs/demo/checkpoint.pt
+    alexnet-export runs/demo/checkpoint.pt                       # -> served/alexnet/<next version>/
+    alexnet-export runs/demo/checkpoint.pt --int8 --calibration fashion-mnist --torchscript
     alexnet-export --torchvision-weights alexnet-owt-7be5be79.pth --repository /srv/models
     alexnet-export runs/demo/checkpoint.pt --tensorrt --fp16 --max-batch 64 --version 1 --force
 
-Exit codes: 0 written; 1 a self-check failed (nothing written); 2 bad input or usage;
-3 TensorRT asked for but unavailable here (nothing written).
+Exit codes: 0 written; 1 a self-check or an accuracy gate failed (nothing written); 2 bad
+input or usage; 3 TensorRT asked for but unavailable here (nothing written).
 """
 
 from __future__ import annotations
@@ -13,26 +14,29 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from export import check, onnx_graph, quantize, repository, source, tensorrt_engine
+import imaging
+from contract import cpu, files, layout, runtimes
+from export import check, onnx_graph, quantize, repository, source, tensorrt_engine, torchscript
 from export.check import CheckFailed
 from export.repository import RepositoryError
 from train.checkpoint import CheckpointError
 
 EXIT_CHECK, EXIT_USAGE, EXIT_NO_TENSORRT = 1, 2, 3
+GATE_PHOTO_VIEWS = 16  # shifted and mirrored views of the sample photographs, always in the gate set
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alexnet-export",
-        description="Export AlexNet as the 10-crop ONNX classifier (IMAGE uint8 [N,3,256,256] -> PROBS [N,C]) "
-        "into a Triton model repository, check it against PyTorch, optionally build a TensorRT engine.",
+        description="Export AlexNet as the 10-crop classifier (IMAGE uint8 [N,3,256,256] -> PROBS [N,C]) into the served "
+        "Triton model repository: ONNX (checked against PyTorch), its CPU precisions gated against fp32, optionally "
+        "INT8, TorchScript and a TensorRT engine.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         add_help=add_help,
     )
@@ -40,18 +44,23 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     src.add_argument("checkpoint", nargs="?", type=Path, help="a checkpoint written by alexnet-train")
     src.add_argument("--torchvision-weights", type=Path, metavar="FILE.pth", help="torchvision's released AlexNet state_dict (ImageNet, 1000 classes)")
     src.add_argument("--plan-only", action="store_true", help="build model.plan beside the model.onnx already in --version (default: the latest); implies --tensorrt")
-    parser.add_argument("--repository", type=Path, default=repository.PROJECT_REPOSITORY, help="the Triton model repository to write into")
+    parser.add_argument("--repository", type=Path, default=layout.default_repository(),
+                        help=f"the served repository to build (${layout.REPOSITORY_ENV} sets the default); the tracked template is never written")  # fmt: skip
     parser.add_argument("--version", type=int, help="model version folder (default: the next one)")
     parser.add_argument("--force", action="store_true", help="replace an existing version / relabel")
     parser.add_argument("--crops", type=int, choices=(1, 10), default=10, help="10: the paper's test-time average [4.1]; 1: centre crop only")
-    parser.add_argument("--check-images", type=Path, metavar="DIR", help="more photographs for the self-check (default: matplotlib's sample photos)")
-    q = parser.add_argument_group("INT8 (static post-training quantization; also writes model.int8.onnx)")
-    q.add_argument("--int8", action="store_true", help="quantize: model.int8.onnx beside model.onnx (with --tensorrt: an INT8 engine)")
-    q.add_argument("--calibration", default="fashion-mnist", metavar="DIR|fashion-mnist", help="calibration images (a folder, or Fashion-MNIST's training set)")
-    q.add_argument("--calibration-images", type=int, default=512, help="images used for calibration")
-    q.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax")
-    q.add_argument("--int8-check-images", type=int, default=200, help="held-back images for the agreement check (Fashion-MNIST: test set)")
-    q.add_argument("--accept-int8-disagreement", action="store_true", help="write the INT8 model even below 98%% top-1 agreement (noted in export.json)")
+    parser.add_argument("--check-images", type=Path, metavar="DIR", help="more photographs for the self-checks (default: matplotlib's sample photos)")
+    g = parser.add_argument_group("accuracy gates and INT8 (held-back images: top-1 agreement of each reduced precision with fp32)")
+    g.add_argument("--calibration", default="fashion-mnist", metavar="DIR|fashion-mnist",
+                   help="images for INT8 calibration and the held-back gate set (a folder, or Fashion-MNIST: train / test split); "
+                        "without --int8, used for the gates when available, else the sample photographs alone")  # fmt: skip
+    g.add_argument("--int8", action="store_true", help="quantize: model.int8.onnx beside model.onnx (with --tensorrt: an INT8 engine)")
+    g.add_argument("--calibration-images", type=int, default=512, help="images used for INT8 calibration")
+    g.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    g.add_argument("--gate-images", type=int, default=200, help="held-back images for the gates (plus 16 photo views)")
+    g.add_argument("--accept-disagreement", action="store_true",
+                   help=f"write even when a reduced precision agrees with fp32 on under {check.MIN_AGREEMENT:.1%} (noted in export.json)")  # fmt: skip
+    parser.add_argument("--torchscript", action="store_true", help="also write model.pt for the pytorch config (checked against PyTorch)")
     trt = parser.add_argument_group("TensorRT (GPU hosts)")
     trt.add_argument("--tensorrt", action="store_true", help="also build model.plan with the TensorRT Python API")
     trt.add_argument("--fp16", action="store_true", help="allow FP16 kernels in the engine")
@@ -60,12 +69,57 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def _photos(folder: Path | None) -> list[Path]:
-    photos = check.sample_photographs()
+    photos = imaging.sample_photographs()
     if folder is not None:
         if not folder.is_dir():
             raise RepositoryError(f"--check-images {folder} is not a folder")
-        photos += sorted(p for p in folder.iterdir() if p.is_file() and check.imaging.sniff(p))
+        photos += sorted(p for p in folder.iterdir() if p.is_file() and imaging.sniff(p))
     return photos
+
+
+def gate_images(args: argparse.Namespace, photos: list[Path]) -> tuple[np.ndarray | None, np.ndarray, str]:
+    """(calibration or None, held-back gate images, where they came from); bad input fails here,
+    before the repository is touched."""
+    views = check.photo_batch(photos, GATE_PHOTO_VIEWS)
+    try:
+        calibration, held_back = quantize.calibration_images(args.calibration, args.calibration_images, args.gate_images)
+    except quantize.CalibrationError as exc:
+        if args.int8:
+            raise
+        return None, views, f"{GATE_PHOTO_VIEWS} photo views ({args.calibration} unavailable: {exc})"
+    # Real photographs always join the held-back set: a broken calibration folder (say, all
+    # black) cannot then vouch for itself.
+    return calibration, np.concatenate([held_back, views]), f"{len(held_back)} held-back images of {args.calibration} + {GATE_PHOTO_VIEWS} photo views"
+
+
+def cpu_precision_gates(stage: Path, held_back: np.ndarray, photos: list[Path], accept: bool, source_of_images: str) -> dict:
+    """OpenVINO, the CPU configs' runtime, on the staged files: f32 by parity with ONNX Runtime,
+    bf16 (where this CPU has it) and int8 (where quantized) by agreement with fp32.
+
+    The record lands in export.json; ``alexnet-serve --config cpu`` picks only among the
+    precisions that passed (or were accepted with --accept-disagreement)."""
+    reference = runtimes.onnxruntime(stage / runtimes.FILES["f32"])
+    record: dict = {"gate_images": source_of_images, "cpu": cpu.describe()}
+    try:
+        f32 = runtimes.openvino(stage, "f32")
+    except runtimes.RuntimeUnavailable as exc:
+        return {**record, "skipped": str(exc)}
+    report = check.parity("OpenVINO f32 and ONNX Runtime", reference, f32, photos, check.OPENVINO_F32_TOLERANCE)
+    print(f"OpenVINO f32 vs ONNX Runtime: {report.line()}")
+    record["f32"] = {"check": report.__dict__, "passed": True}
+    expected = reference(held_back)
+    for precision in ("bf16", "int8"):
+        if precision == "int8" and not (stage / runtimes.FILES["int8"]).is_file():
+            continue
+        if precision == "bf16" and not cpu.has_native_bf16():
+            record[precision] = {"skipped": "this CPU has neither AMX nor AVX512-BF16: bf16 not checked, not served from this export"}
+            continue
+        candidate = runtimes.openvino(stage, precision)
+        agreement = check.agreement(expected, candidate, held_back)
+        print(f"OpenVINO {precision} vs fp32: top-1 agreement {agreement['top1_agreement']:.2%} on {agreement['images']} held-back "
+              f"images, max |dPROBS| {agreement['max_abs_diff']:.4f}")  # fmt: skip
+        record[precision] = check.gate(f"OpenVINO {precision}", agreement, accept)
+    return record
 
 
 def main(args: argparse.Namespace) -> int:
@@ -79,19 +133,15 @@ def main(args: argparse.Namespace) -> int:
     src = source.from_checkpoint(args.checkpoint) if args.checkpoint else source.from_torchvision_weights(args.torchvision_weights)
     photos = _photos(args.check_images)
     classifier = src.classifier(args.crops)
-    if args.int8:  # read the calibration set first: bad input fails before the repository is touched
-        calibration, held_back = quantize.calibration_images(args.calibration, args.calibration_images, args.int8_check_images)
-        # Real photographs always join the held-back set: a broken calibration folder
-        # (say, all black) cannot then vouch for itself.
-        held_back = np.concatenate([held_back, check.photo_batch(photos, 8)])
+    calibration, held_back, held_back_source = gate_images(args, photos)
     repo = repository.prepare(args.repository)
     version = repository.choose_version(repo, args.version, args.force)
     repository.check_labels(repo, src.classes, version, args.force)
 
     started = time.perf_counter()
     with repository.staging(repo) as stage:
-        onnx_path = stage / "model.onnx"
         metadata = {"arch": src.arch, "crops": args.crops, "classes": len(src.classes), "source": src.origin}
+        onnx_path = stage / runtimes.FILES["f32"]
         onnx_graph.write(classifier, onnx_path, len(src.classes), metadata)
         report = check.check_onnx(classifier, onnx_path, photos)
         print(f"ONNX Runtime vs PyTorch: {report.line()}")
@@ -101,23 +151,23 @@ def main(args: argparse.Namespace) -> int:
             "onnx": {"opset": onnx_graph.OPSET, "check": report.__dict__},
         }
         if args.int8:
-            int8_path = stage / "model.int8.onnx"
-            rewrites = quantize.quantize(onnx_path, int8_path, calibration, args.calibration_method)
-            agreement = quantize.agreement(onnx_path, int8_path, held_back)
-            print(f"INT8 vs fp32 (ONNX Runtime): top-1 agreement {agreement['top1_agreement']:.2%} on {agreement['images']} "
-                  f"held-back images, max |dPROBS| {agreement['max_abs_diff']:.3f}")  # fmt: skip
-            quantize.check(agreement, args.accept_int8_disagreement)
-            manifest["int8"] = {
-                "calibration": args.calibration, "calibration_images": len(calibration), "method": args.calibration_method,
-                "rewrites": rewrites, "check": agreement,
-                "accepted_below_threshold": agreement["top1_agreement"] < quantize.MIN_AGREEMENT,
-            }  # fmt: skip
-            if manifest["int8"]["accepted_below_threshold"]:
-                manifest["note"] = "model.int8.onnx was written with --accept-int8-disagreement below the 98% agreement check"
+            rewrites = quantize.quantize(onnx_path, stage / runtimes.FILES["int8"], calibration, args.calibration_method)
+            manifest["int8"] = {"calibration": args.calibration, "calibration_images": len(calibration),
+                                "method": args.calibration_method, "rewrites": rewrites}  # fmt: skip
+        manifest["cpu_precisions"] = cpu_precision_gates(stage, held_back, photos, args.accept_disagreement, held_back_source)
+        accepted = [p for p in ("bf16", "int8") if manifest["cpu_precisions"].get(p, {}).get("accepted_below_threshold")]
+        if accepted:
+            manifest["note"] = f"{', '.join(accepted)} written with --accept-disagreement below the {check.MIN_AGREEMENT:.1%} gate"
+        if args.torchscript:
+            torchscript.write(classifier, stage / runtimes.FILES["torchscript"])
+            ts = check.parity("TorchScript and PyTorch", check.torch_runner(classifier),
+                              runtimes.pytorch(stage / runtimes.FILES["torchscript"], "cpu"), photos, check.ONNX_TOLERANCE)  # fmt: skip
+            print(f"TorchScript vs PyTorch: {ts.line()}")
+            manifest["torchscript"] = {"check": ts.__dict__}
         if args.tensorrt:
-            manifest["tensorrt"] = _build_plan(args, onnx_path, stage / "model.plan", repo, photos,
+            manifest["tensorrt"] = _build_plan(args, onnx_path, stage / runtimes.FILES["plan"], repo, photos,
                                                calibration if args.int8 else None)  # fmt: skip
-        repository.write_manifest(stage, manifest)
+        repository.write_version_files(stage, manifest)
         target = repository.commit(repo, stage, version, src.classes)
     print(f"wrote {target} ({', '.join(sorted(p.name for p in target.iterdir()))}) from {src.origin}, "
           f"{len(src.classes)} classes, {args.crops}-crop, in {time.perf_counter() - started:.1f} s")  # fmt: skip
@@ -126,35 +176,35 @@ def main(args: argparse.Namespace) -> int:
 
 def _build_plan(args: argparse.Namespace, onnx_path: Path, plan: Path, repo: Path, photos: list[Path], calibration=None) -> dict:
     """Build the engine, check it against ONNX Runtime; raise CheckFailed on a mismatch."""
-    tensorrt_engine.build(onnx_path, plan, args.max_batch, args.fp16, repo / ".tensorrt-timing.cache", calibration)
+    built = tensorrt_engine.build(onnx_path, plan, args.max_batch, args.fp16, repo, calibration)
     cases = [(n, b[: args.max_batch]) for n, b in check.input_cases(photos)]
-    report = check.compare(check.onnxruntime_runner(onnx_path), tensorrt_engine.runner(plan), cases)
-    limit = tensorrt_engine.INT8_TOLERANCE if calibration is not None else tensorrt_engine.FP16_TOLERANCE if args.fp16 else tensorrt_engine.FP32_TOLERANCE
+    report = check.compare(runtimes.onnxruntime(onnx_path), tensorrt_engine.runner(plan), cases)
+    limit = tensorrt_engine.tolerance(args.fp16, calibration is not None)
     print(f"TensorRT vs ONNX Runtime: {report.line()}")
     if report.top1_agreement < tensorrt_engine.MIN_TOP1_AGREEMENT or report.max_abs_diff > limit:
         raise CheckFailed(f"TensorRT engine disagrees with ONNX Runtime: {report.line()} (allowed {limit:g}, >= 99% top-1)")
-    return {"fp16": args.fp16, "max_batch": args.max_batch, "check": report.__dict__}
+    return {**built, "fp16": args.fp16, "int8": calibration is not None, "max_batch": args.max_batch, "check": report.__dict__}
 
 
 def plan_only(args: argparse.Namespace) -> int:
     """The container's start: an engine for this GPU beside an ONNX file exported elsewhere."""
     repo = Path(args.repository)
-    existing = repository.versions(repo)
+    existing = layout.versions(repo)
     version = args.version if args.version is not None else (existing[-1] if existing else None)
-    folder = repo / repository.MODEL / str(version)
-    if version is None or not (folder / "model.onnx").is_file():
-        raise RepositoryError(f"no model.onnx in {folder if version else repo / repository.MODEL}: run alexnet-export CHECKPOINT first")
-    if (folder / "model.plan").is_file() and not args.force:
-        raise RepositoryError(f"{folder / 'model.plan'} already exists (pass --force to rebuild it)")
+    folder = repo / layout.MODEL / str(version)
+    if version is None or not (folder / runtimes.FILES["f32"]).is_file():
+        raise RepositoryError(f"no model.onnx in {folder if version else repo / layout.MODEL}: run alexnet-export CHECKPOINT first")
+    if (folder / runtimes.FILES["plan"]).is_file() and not args.force:
+        raise RepositoryError(f"{folder / runtimes.FILES['plan']} already exists (pass --force to rebuild it)")
+    manifest_path = folder / layout.MANIFEST
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     with repository.staging(repo) as stage:
-        info = _build_plan(args, folder / "model.onnx", stage / "model.plan", repo, _photos(args.check_images))
-        manifest_path = folder / "export.json"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-        manifest["tensorrt"] = info
-        (stage / "export.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        os.replace(stage / "model.plan", folder / "model.plan")
-        os.replace(stage / "export.json", manifest_path)
-    print(f"wrote {folder / 'model.plan'}")
+        manifest["tensorrt"] = _build_plan(args, folder / runtimes.FILES["f32"], stage / runtimes.FILES["plan"], repo, _photos(args.check_images))
+        files.atomic_write(folder / runtimes.FILES["plan"], (stage / runtimes.FILES["plan"]).read_bytes())
+        files.atomic_write(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    labels = (repo / layout.MODEL / layout.LABELS).read_text(encoding="utf-8").splitlines()
+    repository.sync_template(repo, len(labels))  # the TensorRT config's max_batch_size follows the new profile
+    print(f"wrote {folder / runtimes.FILES['plan']} ({manifest['tensorrt']['gpu']}, TensorRT {manifest['tensorrt']['tensorrt_version']})")
     return 0
 
 

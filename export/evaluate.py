@@ -1,10 +1,11 @@
-"""Accuracy of exported ONNX classifiers on a data set, and how often they agree.
+"""Accuracy of an exported version in each runtime and precision, and how often they agree.
 
-    python -m export.evaluate model_repository/alexnet/1/model.onnx model_repository/alexnet/1/model.int8.onnx \\
+    python -m export.evaluate served/alexnet/1 --variants onnxruntime:f32,openvino:bf16,openvino:int8 \\
         --data fashion-mnist --limit 2000 --json accuracy.json
 
-Runs each file in ONNX Runtime on the same images (the shared 256 pipeline) and prints
-top-1/top-5 accuracy per file and the top-1 agreement of every file with the first.
+Runs every variant (``runtime:precision``, the runtimes of ``contract.runtimes``) on the same
+images (the shared 256 pipeline) and prints top-1/top-5 accuracy per variant and its top-1
+agreement with the first, the fp32 reference.
 """
 
 from __future__ import annotations
@@ -17,13 +18,26 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from export.check import onnxruntime_runner
+from contract import cpu, files, runtimes
 from train import data
+
+
+def open_variant(version: Path, spec: str) -> runtimes.Runtime:
+    runtime, _, precision = spec.partition(":")
+    precision = precision or "f32"
+    if runtime == "onnxruntime":
+        return runtimes.onnxruntime(version / runtimes.FILES["int8" if precision == "int8" else "f32"])
+    if runtime == "openvino":
+        return runtimes.openvino(version, precision)
+    if runtime == "pytorch":
+        return runtimes.pytorch(version / runtimes.FILES["torchscript"], precision=precision)
+    raise ValueError(f"unknown runtime {runtime!r} in {spec!r} (onnxruntime, openvino, pytorch)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("models", nargs="+", type=Path, help="ONNX classifier files (IMAGE -> PROBS)")
+    parser.add_argument("version", type=Path, help="an exported version folder (served/alexnet/N)")
+    parser.add_argument("--variants", default="onnxruntime:f32,openvino:f32", help="runtime:precision, comma-separated; the first is the reference")
     parser.add_argument("--data", default="fashion-mnist", help="fashion-mnist, its IDX folder, or an ImageFolder root (val split)")
     parser.add_argument("--limit", type=int, default=0, help="a seeded sample of this many images; 0 = all")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -31,38 +45,36 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         val = data.open_split(args.data, "val")
-    except data.DataError as exc:
+        variants = {spec: open_variant(args.version, spec) for spec in args.variants.split(",")}
+    except (data.DataError, runtimes.RuntimeUnavailable, FileNotFoundError, ValueError) as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2
-    missing = [str(m) for m in args.models if not m.is_file()]
-    if missing:
-        print(f"evaluate: error: no such model file: {', '.join(missing)}", file=sys.stderr)
-        return 2
     indices = data.subset_indices(len(val), args.limit, 1) or list(range(len(val)))
-    runners = [onnxruntime_runner(m) for m in args.models]
-    top1 = [[] for _ in runners]
-    hits1, hits5 = np.zeros(len(runners)), np.zeros(len(runners))
-    labels_seen = 0
+    top1 = {spec: [] for spec in variants}
+    hits1, hits5 = dict.fromkeys(variants, 0), dict.fromkeys(variants, 0)
+    seen = 0
     for start in tqdm(range(0, len(indices), args.batch_size), desc="evaluate", unit="batch"):
         samples = [val[i] for i in indices[start : start + args.batch_size]]
         samples = [(img, label) for img, label, _ in samples if img is not None]
         batch, labels = np.stack([s[0] for s in samples]), np.array([s[1] for s in samples])
-        labels_seen += len(labels)
-        for k, run in enumerate(runners):
-            probs = run(batch)
-            order = np.argsort(-probs, axis=1)
-            top1[k].append(order[:, 0])
-            hits1[k] += (order[:, 0] == labels).sum()
-            hits5[k] += (order[:, :5] == labels[:, None]).any(axis=1).sum()
-    firsts = [np.concatenate(t) for t in top1]
+        seen += len(labels)
+        for spec, run in variants.items():
+            order = np.argsort(-run(batch), axis=1)
+            top1[spec].append(order[:, 0])
+            hits1[spec] += int((order[:, 0] == labels).sum())
+            hits5[spec] += int((order[:, :5] == labels[:, None]).any(axis=1).sum())
+    firsts = {spec: np.concatenate(t) for spec, t in top1.items()}
+    reference = next(iter(variants))
     rows = []
-    for k, model in enumerate(args.models):
-        rows.append({"model": str(model), "images": labels_seen, "top1_accuracy": hits1[k] / labels_seen,
-                     "top5_accuracy": hits5[k] / labels_seen, "top1_agreement_with_first": float((firsts[k] == firsts[0]).mean())})  # fmt: skip
-        print(f"{model}: top-1 {rows[-1]['top1_accuracy']:.4f}  top-5 {rows[-1]['top5_accuracy']:.4f}  "
-              f"agreement with {args.models[0].name} {rows[-1]['top1_agreement_with_first']:.4f}  ({labels_seen} images)")  # fmt: skip
+    print(f"CPU: {cpu.line()}")
+    for spec, run in variants.items():
+        row = {"variant": spec, "runtime": run.describe(), "images": seen, "top1_accuracy": hits1[spec] / seen,
+               "top5_accuracy": hits5[spec] / seen, "top1_agreement_with_first": float((firsts[spec] == firsts[reference]).mean())}  # fmt: skip
+        rows.append(row)
+        print(f"{spec:<18} top-1 {row['top1_accuracy']:.4f}  top-5 {row['top5_accuracy']:.4f}  "
+              f"agreement with {reference} {row['top1_agreement_with_first']:.4f}  ({seen} images)")  # fmt: skip
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        files.atomic_write(args.json, json.dumps({"cpu": cpu.describe(), "version": str(args.version), "rows": rows}, indent=2) + "\n")
     return 0
 
 

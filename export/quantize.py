@@ -3,8 +3,8 @@
 QDQ format, int8 per-channel weights, uint8 activations, only the network's layers quantized:
 the cast, mean subtraction, softmax and crop average stay float (the crops are then cut
 from the quantized image, which is bit-identical: see ``qdq_rewrite``).  Calibration
-images go through the same 256 pipeline as serving (``imaging``); the model is then checked
-against the float model on held-back images (top-1 agreement).
+images go through the same 256 pipeline as serving (``imaging``); export then gates the model
+against the float one on held-back images (``export.check.gate``), in the runtime that serves it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 import imaging
-from export.check import CheckFailed, onnxruntime_runner
 
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 # ReLU and max-pooling commute with quantization, so they are annotated too: ONNX Runtime
@@ -25,7 +24,6 @@ QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 # demo model (batch 8, in-process): 1.92x -> 2.21x over fp32, and top-1 agreement on 200
 # test images 99.5% -> 100% (the ReLU's range no longer spends levels on negatives).
 QUANTIZED_WITH_LAYERS = ["Relu", "MaxPool"]
-MIN_AGREEMENT = 0.98
 CALIBRATION_BATCH = 8
 
 
@@ -127,23 +125,3 @@ def _classifier_head(path: Path) -> list[str]:
         if current is not None and current.op_type in QUANTIZED_OPS:
             heads.append(current.name)
     return heads
-
-
-def agreement(fp32_path: Path, int8_path: Path, images: Sequence[np.ndarray] | np.ndarray) -> dict:
-    """Top-1 agreement and max |dPROBS| of the int8 model against the float one on ``images``."""
-    fp32, int8 = onnxruntime_runner(fp32_path), onnxruntime_runner(int8_path)
-    same, total, worst = 0, 0, 0.0
-    for batch in np.array_split(np.asarray(images), max(1, len(images) // CALIBRATION_BATCH)):
-        a, b = fp32(batch), int8(batch)
-        same += int((a.argmax(1) == b.argmax(1)).sum())
-        total += len(batch)
-        worst = max(worst, float(np.abs(a - b).max()))
-    return {"images": total, "top1_agreement": same / max(total, 1), "max_abs_diff": worst}
-
-
-def check(report: dict, accept: bool) -> None:
-    if report["top1_agreement"] < MIN_AGREEMENT and not accept:
-        raise CheckFailed(
-            f"INT8 model agrees with fp32 on {report['top1_agreement']:.1%} of {report['images']} held-back images "
-            f"(needs >= {MIN_AGREEMENT:.0%}; --accept-int8-disagreement writes it anyway, noted in export.json)"
-        )

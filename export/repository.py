@@ -1,9 +1,19 @@
-"""Writing into a Triton model repository, all or nothing.
+"""Building the served Triton model repository from the tracked template, all or nothing.
 
-Everything of a version is built in a staging folder inside ``alexnet/`` (Triton ignores
-non-numeric folders there), checked, then renamed into place; ``labels.txt`` and the
-class count in the configs follow by write-to-temporary-and-rename.  A failure at any
-step removes what this export added and leaves the repository as it was.
+The template (``model_repository/``, tracked) is never written.  The served repository
+(``contract.layout.default_repository()`` unless ``--repository``) is the template's files
+plus version folders plus the values that follow from the model:
+
+- the class count in every ``PROBS`` dims (alexnet's configs and the ensemble's),
+- ``labels.txt`` (index order, for Triton's classification extension),
+- the TensorRT config's ``max_batch_size``: the engine's optimisation profile of the latest
+  version (Triton refuses a config that promises more than the engine takes), and the
+  ensemble's, which may not exceed it.
+
+A version is built in a staging folder inside ``alexnet/`` (Triton ignores non-numeric
+folders), checked, then renamed into place; the configs and labels follow, each written
+atomically.  A failure at any step restores what was there and removes what this export
+added.
 """
 
 from __future__ import annotations
@@ -17,84 +27,79 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-PROJECT_REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
-MODEL = "alexnet"
-ENSEMBLE = "classify"
-# The cpu config's python backend loads <version>/model.py; the code itself lives in the
-# installed project, so a version folder never holds a stale copy of it.
-PYTHON_SHIM = (
-    '"""alexnet, configs/cpu.pbtxt: python backend + ONNX Runtime (written by alexnet-export)."""\n'
-    "from server.triton_models.alexnet_onnx import TritonPythonModel  # noqa: F401\n"
-)
+from contract import ENSEMBLE, MODEL, files, layout
+
+# Triton loads <version>/model.py; the code is the template's, copied, never generated.
+MODEL_CODE = Path(MODEL) / "model.py"
 _PROBS_DIMS = re.compile(r'(name:\s*"PROBS"[^}]*?dims:\s*\[\s*)(-?\d+)(\s*\])', re.S)
+_MAX_BATCH = re.compile(r"^(max_batch_size:\s*)(\d+)", re.M)
+TENSORRT_CONFIG = Path(MODEL) / "config.pbtxt"
+ENSEMBLE_CONFIG = Path(ENSEMBLE) / "config.pbtxt"
 
 
 class RepositoryError(RuntimeError):
     """The repository cannot take this export; the message says why and what to do."""
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _template_files(template: Path = layout.TEMPLATE) -> list[Path]:
+    """Every tracked template file, relative to the template (no versions, caches or dot-files)."""
+    out = []
+    for path in sorted(template.rglob("*")):
+        rel = path.relative_to(template)
+        if path.is_file() and not any(part.startswith(".") and part != ".gitkeep" or part == "__pycache__" for part in rel.parts):
+            if rel != MODEL_CODE and not (rel.parts[0] == MODEL and len(rel.parts) > 2 and rel.parts[1].isdigit()):
+                out.append(rel)  # alexnet's model.py goes into each version instead
+    return out
 
 
-def _readable(path: Path, directory: bool = False) -> None:
-    """mkstemp/mkdtemp create 0600/0700; Triton may run as another user and must read them."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+def _is_config(rel: Path) -> bool:
+    return rel.suffix == ".pbtxt" and rel.parts[0] in (MODEL, ENSEMBLE)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        _readable(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def render(rel: Path, text: str, num_classes: int, plan_max_batch: int | None) -> str:
+    """A template config with the model's values in it (see the module doc)."""
+    if not _is_config(rel):
+        return text
+    text, count = _PROBS_DIMS.subn(lambda m: f"{m.group(1)}{num_classes}{m.group(3)}", text)
+    if count == 0:
+        raise RepositoryError(f"template {rel} has no PROBS output with dims to set the class count in")
+    if plan_max_batch is not None and rel in (TENSORRT_CONFIG, ENSEMBLE_CONFIG):
+        def limit(m: re.Match) -> str:
+            value = plan_max_batch if rel == TENSORRT_CONFIG else min(int(m.group(2)), plan_max_batch)
+            return f"{m.group(1)}{value}"
+
+        text = _MAX_BATCH.sub(limit, text, count=1)
+    return text
 
 
-def versions(repository: Path) -> list[int]:
-    folder = repository / MODEL
-    if not folder.is_dir():
-        return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def config_files(repository: Path) -> list[Path]:
-    """Every config whose PROBS dims carry the class count: alexnet's variants and the ensemble."""
-    model = repository / MODEL
-    files = [model / "config.pbtxt", *sorted((model / "configs").glob("*.pbtxt")), repository / ENSEMBLE / "config.pbtxt"]
-    return [f for f in files if f.is_file()]
+def plan_max_batch(repository: Path) -> int | None:
+    """The latest version's engine profile maximum, from its export.json (None: no engine)."""
+    latest = layout.latest_version(repository)
+    manifest = latest / layout.MANIFEST if latest else None
+    if manifest is None or not manifest.is_file() or not (latest / "model.plan").is_file():
+        return None
+    record = json.loads(manifest.read_text(encoding="utf-8")).get("tensorrt") or {}
+    return int(record["max_batch"]) if "max_batch" in record else None
 
 
 def prepare(repository: Path) -> Path:
-    """Check the repository is writable; give a new one the project's configs and python models."""
+    """Check the served repository can be written (never the tracked template)."""
     repository = Path(repository)
     if repository.exists() and not repository.is_dir():
         raise RepositoryError(f"repository {repository} is not a folder")
+    if repository.resolve() == layout.TEMPLATE.resolve():
+        raise RepositoryError(f"{repository} is the tracked template; export into a served repository (default {layout.default_repository()})")
     try:
-        repository.mkdir(parents=True, exist_ok=True)
+        (repository / MODEL).mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=repository, prefix=".write-test.")
         probe.close()
     except OSError as exc:
         raise RepositoryError(f"cannot write to repository {repository}: {exc.strerror or exc}") from None
-    if repository.resolve() != PROJECT_REPOSITORY.resolve() and not (repository / MODEL / "config.pbtxt").is_file():
-        # A fresh repository gets the project's layout: configs, labels-free, no versions.
-        def skip(folder: str, names: list[str]) -> list[str]:
-            return [n for n in names if (n.isdigit() and Path(folder).name == MODEL) or n in ("labels.txt", "__pycache__") or n.startswith(".")]
-
-        for item in PROJECT_REPOSITORY.iterdir():
-            if item.is_dir() and not (repository / item.name).exists():
-                shutil.copytree(item, repository / item.name, ignore=skip)
-    (repository / MODEL).mkdir(exist_ok=True)
     return repository
 
 
 def choose_version(repository: Path, requested: int | None, force: bool) -> int:
-    existing = versions(repository)
+    existing = layout.versions(repository)
     version = requested if requested is not None else (max(existing, default=0) + 1)
     if version < 1:
         raise RepositoryError(f"--version must be >= 1, got {version}")
@@ -107,7 +112,7 @@ def choose_version(repository: Path, requested: int | None, force: bool) -> int:
 def staging(repository: Path) -> Iterator[Path]:
     """A scratch folder beside the versions, removed whatever happens."""
     folder = Path(tempfile.mkdtemp(prefix=".staging-", dir=repository / MODEL))
-    _readable(folder, directory=True)
+    files.make_readable(folder, directory=True)
     try:
         yield folder
     finally:
@@ -116,8 +121,8 @@ def staging(repository: Path) -> Iterator[Path]:
 
 def check_labels(repository: Path, classes: list[str], version: int, force: bool) -> None:
     """labels.txt is shared by all versions: refuse to relabel other versions silently."""
-    labels = repository / MODEL / "labels.txt"
-    others = [v for v in versions(repository) if v != version]
+    labels = repository / MODEL / layout.LABELS
+    others = [v for v in layout.versions(repository) if v != version]
     if labels.is_file() and others and not force:
         current = labels.read_text(encoding="utf-8").splitlines()
         if current != classes:
@@ -127,8 +132,38 @@ def check_labels(repository: Path, classes: list[str], version: int, force: bool
             )
 
 
+def write_version_files(stage: Path, manifest: dict) -> None:
+    """The python model's code (a copy of the template's) and export.json into a staged version."""
+    shutil.copyfile(layout.TEMPLATE / MODEL_CODE, stage / "model.py")
+    files.make_readable(stage / "model.py")
+    (stage / layout.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def sync_template(repository: Path, num_classes: int) -> None:
+    """Write the template's files into ``repository`` with the model's values, each atomically.
+
+    On failure every file is put back as it was (or removed, if this call created it)."""
+    max_batch = plan_max_batch(repository)
+    targets = {rel: repository / rel for rel in _template_files()}
+    originals = {rel: path.read_bytes() if path.is_file() else None for rel, path in targets.items()}
+    try:
+        for rel, path in targets.items():
+            text = (layout.TEMPLATE / rel).read_bytes()
+            if _is_config(rel):
+                text = render(rel, text.decode("utf-8"), num_classes, max_batch).encode("utf-8")
+            if originals[rel] != text:
+                files.atomic_write(path, text)
+    except BaseException:
+        for rel, old in originals.items():
+            if old is None:
+                targets[rel].unlink(missing_ok=True)
+            elif targets[rel].is_file() and targets[rel].read_bytes() != old:
+                files.atomic_write(targets[rel], old)
+        raise
+
+
 def commit(repository: Path, stage: Path, version: int, classes: list[str]) -> Path:
-    """Move the staged version into place, then labels and class counts; undo on failure."""
+    """Move the staged version into place, then labels and the template's files; undo on failure."""
     target = repository / MODEL / str(version)
     backup = None
     if target.exists():
@@ -136,23 +171,16 @@ def commit(repository: Path, stage: Path, version: int, classes: list[str]) -> P
         os.replace(target, backup)
     os.replace(stage, target)
     stage.mkdir()  # the staging context removes it again
-    originals = {p: p.read_text(encoding="utf-8") for p in config_files(repository)}
-    labels = repository / MODEL / "labels.txt"
-    old_labels = labels.read_text(encoding="utf-8") if labels.is_file() else None
+    labels = repository / MODEL / layout.LABELS
+    old_labels = labels.read_bytes() if labels.is_file() else None
     try:
-        _atomic_write(labels, "".join(f"{name}\n" for name in classes))
-        for path, text in originals.items():
-            updated, count = _PROBS_DIMS.subn(lambda m: f"{m.group(1)}{len(classes)}{m.group(3)}", text)
-            if count == 0:
-                raise RepositoryError(f"{path} has no PROBS output with dims to set the class count in")
-            _atomic_write(path, updated)
+        files.atomic_write(labels, "".join(f"{name}\n" for name in classes))
+        sync_template(repository, len(classes))
     except BaseException:
-        for path, text in originals.items():
-            _atomic_write(path, text)
         if old_labels is None:
             labels.unlink(missing_ok=True)
         else:
-            _atomic_write(labels, old_labels)
+            files.atomic_write(labels, old_labels)
         shutil.rmtree(target, ignore_errors=True)
         if backup is not None:
             os.replace(backup, target)
@@ -160,8 +188,3 @@ def commit(repository: Path, stage: Path, version: int, classes: list[str]) -> P
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
     return target
-
-
-def write_manifest(folder: Path, manifest: dict) -> None:
-    (folder / "model.py").write_text(PYTHON_SHIM, encoding="utf-8")
-    (folder / "export.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")

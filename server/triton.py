@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+EXIT_TIMEOUT_S = 3
 
 
 class ServeError(RuntimeError):
@@ -77,6 +78,12 @@ def prepare_wheel_backends(triton: Triton, workdir: Path) -> Triton:
     return triton
 
 
+def backends(triton: Triton) -> set[str]:
+    """The backends this Triton can load models with (its backend directory's folders)."""
+    folder = triton.backend_directory or triton.binary.parents[1] / "backends"
+    return {p.name for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else set()
+
+
 def environment(triton: Triton) -> dict[str, str]:
     """The server's environment: this venv first on PATH, the project importable, the wheel's libraries."""
     env = dict(os.environ)
@@ -96,7 +103,7 @@ def command(
     http_port: int,
     grpc_port: int,
     metrics_port: int,
-    log_verbose: int = 0,
+    exit_timeout: int = EXIT_TIMEOUT_S,
 ) -> list[str]:
     cmd = [
         str(triton.binary),
@@ -112,7 +119,10 @@ def command(
         "--allow-metrics=true",
         f"--metrics-address={host}",
         f"--metrics-port={metrics_port}",
-        f"--log-verbose={log_verbose}",
+        # Triton's stop waits this long for in-flight requests (and idle keep-alive HTTP
+        # connections, which it cannot tell apart); alexnet-serve waits for the in-flight
+        # requests itself first (server/cli.py), so this only cuts idle connections short.
+        f"--exit-timeout-secs={exit_timeout}",
     ]
     if config_name:
         cmd.append(f"--model-config-name={config_name}")

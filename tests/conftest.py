@@ -119,15 +119,17 @@ def served_repository(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("served")
     ckpt = small_checkpoint(folder / "small.pt", num_classes=3)
     repo = folder / "model_repository"
-    assert export_cli.cli([str(ckpt), "--repository", str(repo)]) == 0
+    # TorchScript too, for the pytorch config; the gates on the sample photographs alone.
+    assert export_cli.cli([str(ckpt), "--repository", str(repo), "--torchscript", "--calibration", "/nonexistent", "--gate-images", "0"]) == 0
     return repo
 
 
 @pytest.fixture(scope="session")
 def triton_server(served_repository, tmp_path_factory):
-    """The real tritonserver (the nvidia-pytriton wheel's binary here), cpu config, free loopback ports."""
+    """The real tritonserver (the nvidia-pytriton wheel's binary here), free loopback ports, the
+    cpu-f32 config (OpenVINO in fp32): the served results equal PyTorch's within float rounding."""
     from tests import serving
 
-    server = serving.start(served_repository, tmp_path_factory.mktemp("triton") / "tritonserver.log")
+    server = serving.start(served_repository, tmp_path_factory.mktemp("triton") / "tritonserver.log", config="cpu-f32")
     yield server
     server.stop()

@@ -52,14 +52,14 @@ class Server:
         return self.proc.wait(timeout=timeout)
 
 
-def start(repository: Path, log: Path, config: str = "cpu", timeout: float = 240) -> Server:
+def start(repository: Path, log: Path, config: str = "cpu-f32", timeout: float = 240, extra: tuple[str, ...] = ()) -> Server:
     import tritonclient.http as httpclient
 
     http_port, grpc_port, metrics_port = free_ports(3)
     cmd = [
         sys.executable, "-m", "server", "--repository", str(repository), "--config", config,
         "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
-        "--log-file", str(log),
+        "--log-file", str(log), *extra,
     ]  # fmt: skip
     out = open(log.with_suffix(".out"), "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out, stderr=subprocess.STDOUT)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -102,7 +104,21 @@ def test_classify_cli(triton_server, photo_path, expected_top, tmp_path):
     rows = json.loads(proc.stdout)
     assert rows[0]["top"][0]["label"] in LABELS and "image refused" in rows[1]["error"]
     proc = run("clients", str(photo_path), "--url", f"127.0.0.1:{serving.free_ports(1)[0]}")
-    assert proc.returncode == 2 and "cannot reach Triton" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "is not available at 127.0.0.1" in proc.stderr and "Traceback" not in proc.stderr
+    # An image decoded here (--model alexnet) whose metadata is over Pillow's limit: one line, no traceback.
+    proc = run("clients", str(ztxt_png(tmp_path / "ztxt.png")), "--url", triton_server.grpc_url, "--model", "alexnet")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("ztxt.png") == 1 and "metadata too large" in proc.stderr, proc.stderr
+
+
+def ztxt_png(path: Path) -> Path:
+    """A small PNG with a 2 MB compressed text chunk, over Pillow's MAX_TEXT_CHUNK (../shared/cases/ztxt_2mb.png)."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * (2 * 2**20), zip=True)
+    Image.new("RGB", (32, 32), (40, 80, 120)).save(path, pnginfo=info)
+    return path
 
 
 # --- alexnet-label --------------------------------------------------------------------------------------
@@ -120,24 +136,133 @@ def test_label_folder(triton_server, photo_path, expected_top, tmp_path, suffix)
     root, images = make_folder(tmp_path / "photos", photo_path)
     out = tmp_path / f"labels{suffix}"
     proc = run("clients.label", str(root), "--recursive", "--out", str(out), "--url", triton_server.grpc_url, "--concurrency", "4", "--topk", "2")
-    assert proc.returncode == 1, f"one corrupt image means exit 1\n{proc.stderr[-2000:]}"
+    assert proc.returncode == 1, f"a corrupt image means exit 1\n{proc.stderr[-2000:]}"
     rows = read_rows(out)
     by_path = {r["path"]: r for r in rows}
-    assert len(rows) == len(by_path) == len(images) + 1, "every image once, plus the corrupt one; no non-images"
+    assert len(rows) == len(by_path) == len(images) + 2, "every image once, plus the corrupt one and the text file named .jpg"
     for path in images:
         row = by_path[str(path)]
         labels = row["labels"].split(";") if suffix == ".csv" else [t["label"] for t in row["top"]]
         assert labels == expected_top(path.read_bytes())[:2], path
     broken = by_path[str(root / "b" / "broken.jpg")]
-    assert "truncated" in broken["error"]
-    assert "2 not images" in proc.stderr and f"{len(images)} labelled, 1 failed" in proc.stderr
+    assert "truncated" in broken["error"] and str(root) not in broken["error"], "the row's error does not repeat the path"
+    assert "not a recognised image format" in by_path[str(root / "a" / "fake.jpg")]["error"]
+    assert "1 not images" in proc.stderr and f"{len(images)} labelled, 2 failed" in proc.stderr
+    assert proc.stderr.count("broken.jpg") == 1, "the path is said once"
 
-    # --resume on a finished output adds nothing
-    before = out.read_bytes()
+    # --resume retries the failed rows (they fail again: replaced, not duplicated) and skips the rest
     proc = run("clients.label", str(root), "--recursive", "--out", str(out), "--url", triton_server.grpc_url, "--resume")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    again = read_rows(out)
+    assert sorted(r["path"] for r in again) == sorted(by_path), "one row per image after the retry"
+    assert f"0 labelled, 2 failed" in proc.stderr and f"{len(images)} already in" in proc.stderr
+    # --keep-failed leaves them and says so, exit 1
+    before = out.read_bytes()
+    proc = run("clients.label", str(root), "--recursive", "--out", str(out), "--url", triton_server.grpc_url, "--resume", "--keep-failed")
+    assert proc.returncode == 1 and "2 failed rows kept (not retried" in proc.stderr, proc.stderr[-2000:]
     assert out.read_bytes() == before
-    assert f"{len(images) + 1} already in" in proc.stderr
+
+
+def test_label_resume_finishes_the_job(triton_server, photo_path, tmp_path):
+    """Rows that failed (here: files unreadable during the first run) get their label on --resume."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    data = photo_path.read_bytes()
+    paths = [root / f"img{i}.jpg" for i in range(4)]
+    for path in paths[:2]:
+        path.write_bytes(data)
+    for path in paths[2:]:
+        path.write_bytes(data[:200])  # cut short: the server refuses them
+    out = tmp_path / "labels.csv"
+    assert run("clients.label", str(root), "--out", str(out), "--url", triton_server.grpc_url).returncode == 1
+    for path in paths[2:]:
+        path.write_bytes(data)  # repaired
+    proc = run("clients.label", str(root), "--out", str(out), "--url", triton_server.grpc_url, "--resume")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 labelled, 0 failed" in proc.stderr and "2 already in" in proc.stderr
+    rows = read_rows(out)
+    assert sorted(r["path"] for r in rows) == sorted(map(str, paths)) and not any(r["error"] for r in rows)
+
+
+@pytest.fixture()
+def open_dir():
+    """A folder in /tmp that an unprivileged user may use (pytest's tmp_path is root's alone)."""
+    folder = Path(tempfile.mkdtemp(prefix="alexnet-label-"))
+    os.chmod(folder, 0o777)
+    yield folder
+    for path in folder.rglob("*"):
+        if path.is_dir() and not path.is_symlink():
+            path.chmod(0o755)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def label_as_user(*args: str) -> subprocess.CompletedProcess:
+    """alexnet-label as the user nobody when the tests run as root (root reads everything, so
+    permissions would not show), else as ourselves."""
+    if os.geteuid() != 0:
+        return run("clients.label", *args)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": "/tmp"}
+    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "clients.label", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/tmp", timeout=600)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_label_hostile_folder(triton_server, photo_path, open_dir, suffix):
+    """A symlink loop, a dangling link, an unreadable sub-folder, a file name that is not UTF-8, a text
+    chunk over Pillow's limit: every image gets one row, each bad entry is named once, the walk goes on."""
+    root = open_dir / "photos"
+    (root / "sub").mkdir(parents=True)
+    data = photo_path.read_bytes()
+    for name in ("a.jpg", "m.jpg", "sub/z.jpg", "t.jpg"):
+        (root / name).write_bytes(data)
+    os.symlink("loop", root / "loop")  # points at itself
+    os.symlink("missing.jpg", root / "dangling.jpg")
+    raw = os.fsencode(root) + b"/caf\xe9.jpg"  # Latin-1 bytes: not UTF-8
+    with open(raw, "wb") as fh:
+        fh.write(data)
+    ztxt_png(root / "ztxt.png")
+    (root / "locked").mkdir()
+    (root / "locked" / "x.jpg").write_bytes(data)
+    os.chmod(root / "locked", 0)
+    out = open_dir / f"labels{suffix}"
+    proc = label_as_user(str(root), "--recursive", "--out", str(out), "--url", triton_server.grpc_url, "--no-progress")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    rows = read_rows_raw(out)
+    paths = [r["path"] for r in rows]
+    expected = {str(root / n) for n in ("a.jpg", "m.jpg", "sub/z.jpg", "t.jpg", "ztxt.png", "dangling.jpg")} | {os.fsdecode(raw)}
+    assert set(paths) - {str(root / "dangling.jpg")} == expected - {str(root / "dangling.jpg")} and len(paths) == len(set(paths)), paths
+    by_path = {r["path"]: r for r in rows}
+    assert "metadata too large" in by_path[str(root / "ztxt.png")]["error"]
+    assert not by_path[os.fsdecode(raw)].get("error"), "a name that is not UTF-8 is classified and written"
+    assert proc.stderr.count("loop") == 1 and "Too many levels of symbolic links" in proc.stderr, proc.stderr
+    assert proc.stderr.count("locked") == 1 and "cannot read folder" in proc.stderr, proc.stderr
+    # --resume recognises every name, the one that is not UTF-8 included
+    proc = label_as_user(str(root), "--recursive", "--out", str(out), "--url", triton_server.grpc_url, "--resume", "--keep-failed")
+    assert "0 labelled" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def read_rows_raw(path: Path) -> list[dict]:
+    """Rows with the names exactly as written (CSV: the file system's bytes, read back as surrogate escapes)."""
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+            return list(csv.DictReader(fh))
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_label_unreadable_file_gets_a_row(triton_server, photo_path, open_dir):
+    """Permission denied (as a non-root user): a failed row saying so, exit 1 -- not "not an image"."""
+    root = open_dir / "photos"
+    root.mkdir()
+    (root / "ok.jpg").write_bytes(photo_path.read_bytes())
+    (root / "secret.jpg").write_bytes(photo_path.read_bytes())
+    os.chmod(root / "secret.jpg", 0)
+    out = open_dir / "labels.csv"
+    proc = label_as_user(str(root), "--out", str(out), "--url", triton_server.grpc_url, "--no-progress")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    rows = {Path(r["path"]).name: r for r in read_rows(out)}
+    assert set(rows) == {"ok.jpg", "secret.jpg"} and not rows["ok.jpg"]["error"]
+    assert "permission denied" in rows["secret.jpg"]["error"], rows["secret.jpg"]
 
 
 def test_label_usage_errors(triton_server, tmp_path):

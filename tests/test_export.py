@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,24 +13,20 @@ import pytest
 import torch
 
 import imaging
-from export import check, cli as export_cli, repository, tensorrt_engine
+from contract import layout, runtimes
+from export import check, cli as export_cli, tensorrt_engine
 from tests.conftest import ROOT, make_image_folder
-from tests.helpers import small_checkpoint
+from tests.helpers import run_export, run_module, small_checkpoint, snapshot
 from train import checkpoint, data, engine
 from train.transforms import CropAverage, normalisation
 
-
-def run_export(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "export", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+# Tests gate on the sample photographs alone, whether or not Fashion-MNIST is installed here.
+NO_DATA = ("--calibration", "/nonexistent", "--gate-images", "0")
 
 
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file (hidden ones too) with its hash: 'nothing written' means this does not change."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*")) if p.is_file()
-    }  # fmt: skip
+def configs(repo: Path) -> list[Path]:
+    """Every served config that carries the class count: alexnet's variants and the ensemble's."""
+    return [repo / "alexnet" / "config.pbtxt", *sorted((repo / "alexnet" / "configs").glob("*.pbtxt")), repo / "classify" / "config.pbtxt"]
 
 
 @pytest.fixture(scope="session")
@@ -43,13 +37,13 @@ def ckpt_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def exported(ckpt_path, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     repo = tmp_path_factory.mktemp("repo") / "model_repository"
-    proc = run_export(str(ckpt_path), "--repository", str(repo))
+    proc = run_export(str(ckpt_path), "--repository", str(repo), *NO_DATA)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return repo, proc
 
 
 def ort(path: Path):
-    return check.onnxruntime_runner(path)
+    return runtimes.onnxruntime(path)
 
 
 def test_export_writes_the_contract(exported):
@@ -57,8 +51,12 @@ def test_export_writes_the_contract(exported):
     version = repo / "alexnet" / "1"
     assert sorted(p.name for p in version.iterdir()) == ["export.json", "model.onnx", "model.py"]
     assert (repo / "alexnet" / "labels.txt").read_text().splitlines() == ["cat", "dog", "fish"]
-    for config in repository.config_files(repo):
+    for config in configs(repo):
         assert "dims: [ 3 ]" in config.read_text(), f"{config} must carry the class count"
+    template = {p.relative_to(layout.TEMPLATE) for p in layout.TEMPLATE.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    served = {p.relative_to(repo) for p in repo.rglob("*") if p.is_file()}
+    assert template - {Path("alexnet/model.py")} <= served, "the served repository holds the template's files"
+    assert (version / "model.py").read_bytes() == (layout.TEMPLATE / "alexnet" / "model.py").read_bytes(), "a copy, not generated code"
     model = onnx.load(str(version / "model.onnx"))
     onnx.checker.check_model(model)
     assert model.opset_import[0].version >= 17
@@ -82,7 +80,7 @@ def _umask() -> int:
 def test_parity_with_pytorch_on_photographs(exported, ckpt_path, n, photo_path):
     repo, _ = exported
     classifier = _reference(ckpt_path)
-    batch = check.photo_batch([photo_path, *check.sample_photographs()], n)
+    batch = check.photo_batch([photo_path, *imaging.sample_photographs()], n)
     with torch.no_grad():
         expected = classifier(torch.from_numpy(batch)).numpy()
     got = ort(repo / "alexnet" / "1" / "model.onnx")(batch)
@@ -160,25 +158,25 @@ def test_round_trip_equals_train_evaluation(exported, ckpt_path, tmp_path):
 
 def test_centre_crop_variant(ckpt_path, tmp_path):
     repo = tmp_path / "repo"
-    proc = run_export(str(ckpt_path), "--repository", str(repo), "--crops", "1")
+    proc = run_export(str(ckpt_path), "--repository", str(repo), "--crops", "1", *NO_DATA)
     assert proc.returncode == 0, proc.stderr[-2000:]
     state = checkpoint.load(ckpt_path)
     offset, scale = normalisation("paper", state["mean_image"], state["recipe"]["input_scale"])
     centre = CropAverage(checkpoint.build_model(state), offset, scale, 1).eval()
-    batch = check.photo_batch(check.sample_photographs(), 2)
+    batch = check.photo_batch(imaging.sample_photographs(), 2)
     with torch.no_grad():
         expected = centre(torch.from_numpy(batch)).numpy()
     np.testing.assert_allclose(ort(repo / "alexnet" / "1" / "model.onnx")(batch), expected, atol=1e-5)
     assert json.loads((repo / "alexnet" / "1" / "export.json").read_text())["crops"] == 1
 
     # versions: the next one by default; an existing one only with --force
-    assert run_export(str(ckpt_path), "--repository", str(repo), "--crops", "1").returncode == 0
-    assert repository.versions(repo) == [1, 2]
+    assert run_export(str(ckpt_path), "--repository", str(repo), "--crops", "1", *NO_DATA).returncode == 0
+    assert layout.versions(repo) == [1, 2]
     before = snapshot(repo)
-    proc = run_export(str(ckpt_path), "--repository", str(repo), "--version", "2")
+    proc = run_export(str(ckpt_path), "--repository", str(repo), "--version", "2", *NO_DATA)
     assert proc.returncode == 2 and "already exists" in proc.stderr and "--force" in proc.stderr
     assert snapshot(repo) == before
-    assert run_export(str(ckpt_path), "--repository", str(repo), "--version", "2", "--force").returncode == 0
+    assert run_export(str(ckpt_path), "--repository", str(repo), "--version", "2", "--force", *NO_DATA).returncode == 0
     assert json.loads((repo / "alexnet" / "2" / "export.json").read_text())["crops"] == 10
 
 
@@ -189,22 +187,22 @@ def test_torchvision_weights(tmp_path):
     weights = tmp_path / "alexnet-owt-test.pth"
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), weights)
     repo = tmp_path / "repo"
-    proc = run_export("--torchvision-weights", str(weights), "--repository", str(repo))
+    proc = run_export("--torchvision-weights", str(weights), "--repository", str(repo), *NO_DATA)
     assert proc.returncode == 0, proc.stderr[-2000:]
     labels = (repo / "alexnet" / "labels.txt").read_text().splitlines()
     assert len(labels) == 1000 and labels[0] == "tench" and labels[-1] == "toilet tissue"
-    assert all("dims: [ 1000 ]" in c.read_text() for c in repository.config_files(repo))
+    assert all("dims: [ 1000 ]" in c.read_text() for c in configs(repo))
     # The graph normalises with /255 and ImageNet mean/std: its centre-crop variant equals
     # torchvision's own preprocessing (resize 256, centre 224, ToTensor, Normalize) on the 256 image.
     net = torchvision.models.alexnet(weights=None)
     net.load_state_dict(torch.load(weights, weights_only=True))
-    batch = check.photo_batch(check.sample_photographs(), 2)
+    batch = check.photo_batch(imaging.sample_photographs(), 2)
     x = torch.from_numpy(batch).float() / 255
     x = (x - torch.tensor(imaging.IMAGENET_MEAN)[:, None, None]) / torch.tensor(imaging.IMAGENET_STD)[:, None, None]
     with torch.no_grad():
         expected = torch.softmax(net.eval()(x[:, :, 16:240, 16:240]), 1).numpy()
     centre_repo = tmp_path / "centre"
-    assert run_export("--torchvision-weights", str(weights), "--repository", str(centre_repo), "--crops", "1").returncode == 0
+    assert run_export("--torchvision-weights", str(weights), "--repository", str(centre_repo), "--crops", "1", *NO_DATA).returncode == 0
     np.testing.assert_allclose(ort(centre_repo / "alexnet" / "1" / "model.onnx")(batch), expected, atol=1e-5)
     probs = ort(repo / "alexnet" / "1" / "model.onnx")(batch)
     assert probs.shape == (2, 1000) and np.allclose(probs.sum(1), 1, atol=1e-4)
@@ -247,7 +245,7 @@ def test_bad_sources(kind, ckpt_path, populated_repo, tmp_path):
         args = ["--torchvision-weights", str(bad)]
     elif kind == "checkpoint-as-weights":
         args = ["--torchvision-weights", str(ckpt_path)]
-    line = _one_line_error(run_export(*args, "--repository", str(populated_repo)))
+    line = _one_line_error(run_export(*args, "--repository", str(populated_repo), *NO_DATA))
     expected = {
         "missing": "does not exist", "truncated": "not a readable checkpoint", "foreign": "not a readable checkpoint",
         "wrong-arch-weights": "does not fit torchvision's AlexNet", "checkpoint-as-weights": "is a train/ checkpoint",
@@ -256,38 +254,53 @@ def test_bad_sources(kind, ckpt_path, populated_repo, tmp_path):
     assert snapshot(populated_repo) == before, "a failed export must leave the repository as it was"
 
 
+def test_template_is_never_written(ckpt_path, tmp_path):
+    """Export builds the served repository from the template; the tracked template stays as it is,
+    and exporting into it is refused."""
+    before = snapshot(layout.TEMPLATE)
+    served = tmp_path / "served"
+    proc = run_module("export", str(ckpt_path), "--crops", "1", *NO_DATA, env={layout.REPOSITORY_ENV: str(served)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (served / "alexnet" / "1" / "model.onnx").is_file(), "$ALEXNET_REPOSITORY is the default --repository"
+    line = _one_line_error(run_export(str(ckpt_path), "--repository", str(layout.TEMPLATE), *NO_DATA))
+    assert "tracked template" in line
+    assert snapshot(layout.TEMPLATE) == before, "the template changed"
+
+
 def test_unwritable_repository(ckpt_path, tmp_path):
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
-    line = _one_line_error(run_export(str(ckpt_path), "--repository", str(not_a_folder)))
+    line = _one_line_error(run_export(str(ckpt_path), "--repository", str(not_a_folder), *NO_DATA))
     assert "is not a folder" in line
-    line = _one_line_error(run_export(str(ckpt_path), "--repository", str(not_a_folder / "sub")))
+    line = _one_line_error(run_export(str(ckpt_path), "--repository", str(not_a_folder / "sub"), *NO_DATA))
     assert "cannot write to repository" in line
 
 
 def test_failed_self_check_writes_nothing(ckpt_path, populated_repo, monkeypatch, capsys):
     before = snapshot(populated_repo)
     monkeypatch.setattr(check, "ONNX_TOLERANCE", -1.0)  # no export can pass: the failure path runs for real
-    assert export_cli.cli([str(ckpt_path), "--repository", str(populated_repo)]) == 1
+    assert export_cli.cli([str(ckpt_path), "--repository", str(populated_repo), *NO_DATA]) == 1
     assert "check failed, nothing written" in capsys.readouterr().err
     assert snapshot(populated_repo) == before
 
 
 def test_failed_commit_rolls_back(ckpt_path, populated_repo):
-    """A config that cannot take the class count aborts the commit after the version moved in: all undone."""
-    broken = populated_repo / "alexnet" / "configs" / "broken.pbtxt"
-    broken.write_text('name: "alexnet"\n')
+    """A served file that cannot be replaced (here a folder where the ensemble's config goes) aborts
+    the commit after the version moved in and some configs were written: all undone."""
+    target = populated_repo / "classify" / "config.pbtxt"
+    target.unlink()
+    target.mkdir()
     before = snapshot(populated_repo)
-    proc = run_export(str(ckpt_path), "--repository", str(populated_repo))
+    proc = run_export(str(ckpt_path), "--repository", str(populated_repo), "--crops", "1", *NO_DATA)
     assert proc.returncode != 0
-    assert snapshot(populated_repo) == before
+    assert snapshot(populated_repo) == before and not (populated_repo / "alexnet" / "2").exists()
 
 
 def test_tensorrt_unavailable_is_exit_3(ckpt_path, tmp_path):
     reason = tensorrt_engine.unavailable()
     if reason is None:
         pytest.skip("TensorRT is available here; this test covers machines without it")
-    proc = run_export(str(ckpt_path), "--repository", str(tmp_path / "r"), "--tensorrt", "--fp16")
+    proc = run_export(str(ckpt_path), "--repository", str(tmp_path / "r"), "--tensorrt", "--fp16", *NO_DATA)
     line = _one_line_error(proc, code=3)
     assert "TensorRT is not available" in line and not (tmp_path / "r").exists()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io
+import json
 import re
 import shutil
 import subprocess
@@ -21,6 +21,7 @@ import imaging
 from export.source import from_checkpoint
 from tests import serving
 from tests.conftest import ROOT
+from tests.helpers import encode, png_header_only
 
 PROTOCOLS = ["http", "grpc"]
 
@@ -57,12 +58,6 @@ def reference(served_repository):
             return classifier(torch.from_numpy(imaging.load(data))[None]).numpy()[0]
 
     return run
-
-
-def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kwargs)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -112,22 +107,11 @@ def test_unusual_images_are_classified(triton_server, reference, images, kind):
     assert np.abs(probs[0] - reference(images[kind])).max() <= 1e-4, kind
 
 
-def _bomb_png() -> bytes:
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0))
-    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
-
-
 BAD = {
     "empty": (b"", "empty image"),
     "random": (bytes(np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8)), "not a recognised image format"),
     "text": (b"GET / HTTP/1.1\r\nthis is plain text\r\n", "not a recognised image format"),
-    "bomb": (_bomb_png(), "too large"),
+    "bomb": (png_header_only(100000, 100000), "too large"),
 }
 
 
@@ -167,7 +151,7 @@ def test_a_batch_larger_than_one_run_comes_back_whole_and_in_order(triton_server
     every row equals the in-process classifier's, in the order sent."""
     import tritonclient.http as httpclient
 
-    config = (served_repository / "alexnet" / "configs" / "cpu.pbtxt").read_text()
+    config = (served_repository / "alexnet" / "configs" / "cpu-f32.pbtxt").read_text()
     assert re.search(r'key: "max_images_per_run"\s*value: \{ string_value: "4" \}', config), "the split this test exercises"
     batch = np.random.default_rng(9).integers(0, 256, (9, 3, 256, 256), dtype=np.uint8)
     client = httpclient.InferenceServerClient(triton_server.http_url)
@@ -252,7 +236,7 @@ def _serve(repository: Path, *extra: str) -> subprocess.CompletedProcess:
 def test_missing_model_is_refused_with_the_fix(served_repository, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(served_repository, repo, ignore=lambda folder, names: ["1"] if Path(folder).name == "alexnet" else [])
-    proc = _serve(repo, "--config", "cpu")
+    proc = _serve(repo, "--config", "cpu-f32")
     assert proc.returncode == 2, proc.stderr
     assert "no exported model" in proc.stderr and "alexnet-export CHECKPOINT --repository" in proc.stderr
     proc = _serve(tmp_path / "nowhere")
@@ -264,7 +248,7 @@ def test_failing_model_prints_tritons_errors(served_repository, tmp_path):
     shutil.copytree(served_repository, repo)
     (repo / "alexnet" / "1" / "model.onnx").write_bytes(b"this is not an onnx file")
     http, grpc, metrics = serving.free_ports(3)
-    proc = _serve(repo, "--config", "cpu", "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics))
+    proc = _serve(repo, "--config", "cpu-f32", "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics))
     assert proc.returncode == 1, proc.stderr
     assert "its errors" in proc.stderr and "alexnet" in proc.stderr, proc.stderr
     assert "Traceback (most recent call last)" not in proc.stderr.split("its errors")[0]
@@ -279,3 +263,129 @@ def test_sigterm_exits_zero_with_nothing_left(served_repository, tmp_path):
     alive = [pid for pid in tree if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]
     assert not alive, f"left running: {alive}"
     assert "stopped (Triton exit code 0)" in (tmp_path / "triton.out").read_text()
+
+
+# --- the pytorch config (TorchScript; CUDA where visible, else the CPU: the same code) ------------------
+
+
+def test_pytorch_config_equals_the_onnx_classifier(served_repository, tmp_path, images):
+    """Served by the pytorch config on this CPU (fp32): within 1e-4 of the ONNX classifier, same
+    top-5; a bad image in the same batch gets its own error while the others succeed."""
+    import tritonclient.grpc as grpcclient
+
+    from contract import runtimes
+
+    version = served_repository / "alexnet" / "1"
+    onnx = runtimes.onnxruntime(version / "model.onnx")
+    server = serving.start(served_repository, tmp_path / "triton.log", config="pytorch")
+    try:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        batch = np.stack([imaging.load(images[k]) for k in ("jpeg", "webp", "rgba_png", "png16")])
+        inp = grpcclient.InferInput("IMAGE", list(batch.shape), "UINT8")
+        inp.set_data_from_numpy(batch)
+        served = client.infer("alexnet", [inp]).as_numpy("PROBS")
+        expected = onnx(batch)
+        assert np.abs(served - expected).max() <= 1e-4, np.abs(served - expected).max()
+        assert (np.argsort(-served, 1)[:, :3] == np.argsort(-expected, 1)[:, :3]).all()
+
+        def one(data):
+            request = grpcclient.InferInput("IMAGE_BYTES", [1, 1], "BYTES")
+            request.set_data_from_numpy(np.array([[data]], dtype=object))
+            try:
+                return client.infer("classify", [request]).as_numpy("PROBS")[0], None
+            except grpcclient.InferenceServerException as exc:
+                return None, exc
+
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(one, [images["jpeg"], b"not an image", images["webp"], images["truncated_jpeg"]]))
+        assert results[1][1] is not None and "not a recognised image format" in results[1][1].message()
+        assert results[3][1] is not None and "truncated" in results[3][1].message()
+        for (probs, error), key in ((results[0], "jpeg"), (results[2], "webp")):
+            assert error is None and np.abs(probs - onnx(imaging.load(images[key])[None])[0]).max() <= 1e-4
+        client.close()
+    finally:
+        assert server.stop() == 0
+    assert "alexnet_0_0: pytorch f32 on CPU" in (tmp_path / "triton.log").read_text()
+
+
+# --- faults: a dead stub, a prompt stop, oversized requests ---------------------------------------------
+
+
+def _stub_pid(server, model: str) -> int:
+    for pid in serving.descendants(server.proc.pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith(b"triton_python_backend_stub") and any(model.encode() in part for part in cmdline):
+            return pid
+    raise AssertionError(f"no python stub for {model} under {server.proc.pid}")
+
+
+@pytest.mark.slow
+def test_a_killed_stub_is_healed(served_repository, tmp_path, images):
+    """kill -9 of preprocess's stub (as the OOM killer would): the health check sees requests fail,
+    alexnet-serve restarts Triton, and classify answers again."""
+    import os
+    import signal as signals
+
+    server = serving.start(served_repository, tmp_path / "triton.log", extra=("--health-interval", "1", "--health-failures", "2"))
+    try:
+        assert classify(server, "http", images["jpeg"]).shape == (1, 3)
+        os.kill(_stub_pid(server, "preprocess"), signals.SIGKILL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if "ready again after restart 1" in (tmp_path / "triton.out").read_text():
+                break
+            time.sleep(0.5)
+        out = (tmp_path / "triton.out").read_text()
+        assert "unhealthy" in out and "ready again after restart 1" in out, out
+        assert classify(server, "grpc", images["jpeg"]).shape == (1, 3)
+    finally:
+        assert server.stop() == 0
+
+
+def test_stop_is_prompt_with_idle_keepalive_connections(served_repository, tmp_path, images):
+    """Idle keep-alive HTTP connections must not hold a stop for Triton's 30 s: <= 5 s, exit 0."""
+    import http.client
+
+    server = serving.start(served_repository, tmp_path / "triton.log")
+    idle = []
+    for _ in range(3):
+        conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+        conn.request("GET", "/v2/health/ready")
+        conn.getresponse().read()  # the connection stays open, idle
+        idle.append(conn)
+    classify(server, "http", images["jpeg"])
+    started = time.monotonic()
+    code = server.stop(timeout=60)
+    took = time.monotonic() - started
+    for conn in idle:
+        conn.close()
+    assert code == 0 and took <= 5.0, f"exit {code} after {took:.1f} s"
+
+
+def test_oversized_requests_leave_the_server_up(triton_server, images):
+    """A 200 MB HTTP body and a 200 MB gRPC message: each gets an error, the server answers the next request."""
+    import http.client
+
+    import tritonclient.grpc as grpcclient
+
+    big = b"\xff\xd8\xff" + bytes(200 * 2**20)  # a "JPEG" of 200 MB
+    conn = http.client.HTTPConnection("127.0.0.1", triton_server.http_port, timeout=120)
+    header = json.dumps({"inputs": [{"name": "IMAGE_BYTES", "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": len(big) + 4}}]}).encode()
+    body = header + len(big).to_bytes(4, "little") + big
+    conn.request("POST", "/v2/models/classify/infer", body=body, headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"})
+    response = conn.getresponse()
+    text = response.read().decode(errors="replace")
+    conn.close()
+    assert response.status == 400 and "too large" in text, (response.status, text[:300])
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    inp = grpcclient.InferInput("IMAGE_BYTES", [1, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[big]], dtype=object))
+    with pytest.raises(grpcclient.InferenceServerException) as info:
+        client.infer("classify", [inp], client_timeout=120)
+    assert "too large" in info.value.message() or "RESOURCE_EXHAUSTED" in str(info.value.status()), info.value
+    client.close()
+    assert classify(triton_server, "grpc", images["jpeg"]).shape == (1, 3)
+    assert classify(triton_server, "http", images["jpeg"]).shape == (1, 3)

@@ -25,8 +25,7 @@ import numpy as np
 import torch
 
 import imaging
-from train import data, distributed
-from train.cli import _autocast
+from train import accel, data, distributed
 from train.model import alexnet
 from train.transforms import normalisation, random_crops
 
@@ -39,7 +38,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=5, help="measured steps per mode (after one warm-up step)")
     parser.add_argument("--workers", type=int, default=max(1, len(os.sched_getaffinity(0))), help="loader worker processes")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA; CPUs with AMX or AVX512-BF16)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network (the warm-up step pays the compile)")
     parser.add_argument("--channels-last", action="store_true", help="channels_last (CUDA)")
     parser.add_argument("--json", type=Path, help="write the results here")
     return parser
@@ -62,19 +62,20 @@ def main(args: argparse.Namespace) -> int:
     ctx = distributed.init(args.device)
     torch.manual_seed(0)
     model = alexnet("paper", 1000).to(ctx.device)
-    memory_format = torch.channels_last if args.channels_last and ctx.device.type == "cuda" else torch.contiguous_format
+    memory_format = accel.memory_format(ctx.device, args.channels_last)
     model = model.to(memory_format=memory_format)
+    net = accel.compiled(model, args.compile)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     criterion = torch.nn.CrossEntropyLoss()
     offset, scale = (t.to(ctx.device) for t in normalisation("paper", np.full((3, 256, 256), 114.0, np.float32)))
     augment = partial(random_crops, offset=offset, scale=scale, eigenvalues=torch.tensor([0.02, 0.005, 0.001]),
                       eigenvectors=torch.eye(3), pca_std=0.1, flip=True, generator=torch.Generator().manual_seed(0))  # fmt: skip
-    autocast = _autocast(ctx.device, args.amp)
+    autocast = accel.autocast(ctx.device, args.amp)
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> None:
         images, labels = images.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
         with autocast():
-            loss = criterion(model(augment(images).contiguous(memory_format=memory_format)).float(), labels)
+            loss = criterion(net(augment(images).contiguous(memory_format=memory_format)).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

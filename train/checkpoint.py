@@ -1,21 +1,44 @@
 """The checkpoint contract (DESIGN.md): a ``torch.save`` dict loadable with ``weights_only=True``.
 
 Keys: arch, num_classes, classes, state_dict, mean_image (paper arch), pca
-(eigenvalues, eigenvectors), epoch, optimizer, scheduler, recipe, metrics, plus rng.
-Written to a temporary file in the same folder and renamed, so a crash never leaves a
-half-written checkpoint where a good one was.
+(eigenvalues, eigenvectors), epoch, optimizer, scheduler, recipe, metrics, geometry (the
+input's resize and crop sizes), plus rng.  Written to a temporary file in the same folder
+and renamed, so a crash never leaves a half-written checkpoint where a good one was.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import imaging
+from contract import files
+
 REQUIRED = ("arch", "num_classes", "classes", "state_dict", "mean_image", "pca", "epoch", "recipe", "metrics")
+# The input geometry every checkpoint was trained on: shorter side / centre crop, network crop.
+# Checkpoints from before this key existed were all trained on 256/224.
+GEOMETRY = {"size": imaging.SIZE, "crop": imaging.CROP}
+
+
+def build(
+    *, arch: str, classes: list[str], state_dict: dict[str, torch.Tensor], mean_image: Any, eigenvalues: Any, eigenvectors: Any,
+    recipe: dict[str, Any], epoch: int = 0, optimizer: dict | None = None, scheduler: dict | None = None,
+    metrics: list[dict] | None = None, rng: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """The checkpoint dict of the contract, from its parts (tensors moved to the CPU)."""
+    payload = {
+        "arch": arch, "num_classes": len(classes), "classes": list(classes),
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "mean_image": None if mean_image is None else torch.as_tensor(mean_image).float().cpu(),
+        "pca": {"eigenvalues": torch.as_tensor(eigenvalues), "eigenvectors": torch.as_tensor(eigenvectors)},
+        "epoch": epoch, "optimizer": optimizer or {}, "scheduler": scheduler or {}, "recipe": recipe,
+        "metrics": list(metrics or []), "geometry": dict(GEOMETRY),
+    }  # fmt: skip
+    if rng is not None:
+        payload["rng"] = rng
+    return payload
 
 
 class CheckpointError(ValueError):
@@ -24,17 +47,8 @@ class CheckpointError(ValueError):
 
 def save(path: str | Path, payload: dict[str, Any]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with files.atomic_output(path) as fh:
+        torch.save(payload, fh)
     return path
 
 
@@ -60,6 +74,12 @@ def load(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: {len(payload['classes'])} class names for num_classes={payload['num_classes']}")
     if payload["arch"] == "paper" and payload["mean_image"] is None:
         raise CheckpointError(f"{path}: the paper arch needs mean_image")
+    geometry = payload.get("geometry", GEOMETRY)
+    if geometry != GEOMETRY:
+        raise CheckpointError(
+            f"{path} was trained on {geometry['size']}-pixel images cut to {geometry['crop']}-pixel crops; this version "
+            f"of the pipeline makes {GEOMETRY['size']}/{GEOMETRY['crop']} (retrain, or export with the version that trained it)"
+        )
     return payload
 
 

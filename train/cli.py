@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DistributedSampler, Subset
 
-from train import checkpoint, data, distributed, engine, report
+from train import accel, checkpoint, data, distributed, engine, report
 from train.checkpoint import CheckpointError
 from train.data import DataError
 from train.model import alexnet, count_parameters
@@ -62,11 +62,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def _explicit_recipe(args: argparse.Namespace) -> dict[str, Any]:
     return {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("recipe.")}
-
-
-def _autocast(device: torch.device, enabled: bool):
-    # One code path: autocast is a value (enabled or not), never a branch in the loop.
-    return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
 def _seed_epoch(recipe: Recipe, epoch: int, rank: int) -> torch.Generator:
@@ -123,7 +118,7 @@ def train(args: argparse.Namespace, ctx: distributed.Context) -> dict[str, Any]:
 
     torch.manual_seed(recipe.seed)  # the same initial weights on every rank
     model = alexnet(recipe.arch, len(classes), dropout=recipe.dropout, init=recipe.init, init_std=recipe.init_std, init_bias=recipe.init_bias)
-    memory_format = torch.channels_last if (recipe.channels_last and ctx.device.type == "cuda") else torch.contiguous_format
+    memory_format = accel.memory_format(ctx.device, recipe.channels_last)
     model = model.to(ctx.device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -140,13 +135,13 @@ def train(args: argparse.Namespace, ctx: distributed.Context) -> dict[str, Any]:
         start_epoch = int(state["epoch"]) + 1
         log.info("resumed from %s at epoch %d", resume_path, start_epoch)
 
-    net = model
+    net = accel.compiled(model, recipe.compile)
     if ctx.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
     offset, scale = normalisation(recipe.arch, mean_image, recipe.input_scale)
     offset, scale = offset.to(ctx.device), scale.to(ctx.device)
     classifier = CropAverage(model, offset, scale, crops=recipe.eval_crops).to(ctx.device)
-    autocast = _autocast(ctx.device, recipe.amp)
+    autocast = accel.autocast(ctx.device, recipe.amp)
     per_rank_batch = max(1, recipe.batch_size // ctx.world_size)
     sampler = DistributedSampler(Subset(train_set, train_idx), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=recipe.seed)
     pin = ctx.device.type == "cuda"
@@ -180,14 +175,11 @@ def train(args: argparse.Namespace, ctx: distributed.Context) -> dict[str, Any]:
             shown = "; ".join(result.problems[:10]) + (f"; ... {len(result.problems) - 10} more" if len(result.problems) > 10 else "")
             log.warning("epoch %d: skipped %d unreadable image(s): %s", epoch + 1, len(result.problems), shown)
         if ctx.is_main:
-            payload = {
-                "arch": recipe.arch, "num_classes": len(classes), "classes": classes,
-                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "mean_image": torch.as_tensor(mean_image).float(),
-                "pca": {"eigenvalues": torch.as_tensor(eigenvalues), "eigenvectors": torch.as_tensor(eigenvectors)},
-                "epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "recipe": recipe.to_dict(), "metrics": history, "rng": torch.get_rng_state(),
-            }  # fmt: skip
+            payload = checkpoint.build(
+                arch=recipe.arch, classes=classes, state_dict=model.state_dict(), mean_image=mean_image,
+                eigenvalues=eigenvalues, eigenvectors=eigenvectors, recipe=recipe.to_dict(), epoch=epoch,
+                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), metrics=history, rng=torch.get_rng_state(),
+            )  # fmt: skip
             checkpoint.save(args.out / CHECKPOINT_NAME, payload)
             report.append_jsonl(args.out / "metrics.jsonl", row)
             report.plot_curves(args.out / "curves.png", history)
@@ -216,7 +208,7 @@ def evaluate_checkpoint(args: argparse.Namespace, ctx: distributed.Context) -> d
     offset, scale = normalisation(state["arch"], state["mean_image"], recipe.input_scale)
     classifier = CropAverage(model, offset, scale, crops=args.crops).to(ctx.device)
     loader = data.make_loader(val_set, batch, _shard(val_idx, ctx), explicit.get("workers", recipe.workers), ctx.device.type == "cuda")
-    return engine.evaluate(classifier, loader, ctx, _autocast(ctx.device, recipe.amp), desc="evaluate")
+    return engine.evaluate(classifier, loader, ctx, accel.autocast(ctx.device, recipe.amp), desc="evaluate")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import imaging
+from contract import files
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def collate(batch):
 
 def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | Sequence[int], workers: int, pin: bool) -> DataLoader:
     # Decoding happens in worker processes; the model gets uint8 256 images and the
-    # cheap per-image augmentation runs on the model's device (train/augment.py).
+    # cheap per-image augmentation runs on the model's device (train/transforms.random_crops).
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -203,8 +204,6 @@ def compute_stats(dataset: Dataset, indices: Sequence[int], cache_dir: Path, wor
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
     eigenvalues = np.clip(eigenvalues, 0.0, None).astype(np.float32)
     eigenvectors = eigenvectors.astype(np.float32)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, mean_image=mean_image, eigenvalues=eigenvalues, eigenvectors=eigenvectors)
-    os.replace(tmp, cache)
+    with files.atomic_output(cache) as fh:
+        np.savez(fh, mean_image=mean_image, eigenvalues=eigenvalues, eigenvectors=eigenvectors)
     return mean_image, eigenvalues, eigenvectors

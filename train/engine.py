@@ -11,10 +11,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+import imaging
 from train import distributed
 from train.transforms import CropAverage
-
-CENTRE = 4  # index of the centre crop in imaging.ten_crop_boxes (FiveCrop order)
 
 
 @dataclass
@@ -43,19 +42,23 @@ def train_one_epoch(
     bar = tqdm(loader, desc=desc, unit="batch", disable=not ctx.is_main, dynamic_ncols=True, leave=True)
     for images, labels, bad in bar:
         problems.extend(bad)
-        if len(images) == 0:  # every file of this batch was unreadable
-            continue
         images = images.to(ctx.device, non_blocking=True)
         labels = labels.to(ctx.device, non_blocking=True)
-        x = batch_transform(images).contiguous(memory_format=memory_format)
+        n = len(labels)
+        # Every rank takes every step, even when all of its files in this batch were unreadable:
+        # under DDP a rank that skipped would miss the gradient all-reduce and the ranks would
+        # drift apart.  An empty batch contributes a zero loss (zero gradients) to the average.
+        x = batch_transform(images) if n else images.new_zeros((0, 3, imaging.CROP, imaging.CROP), dtype=torch.float32)
+        x = x.contiguous(memory_format=memory_format)
         with autocast():
             logits = model(x)
-            loss = criterion(logits.float(), labels)
+            loss = criterion(logits.float(), labels) if n else logits.float().sum() * 0.0
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-        n = len(labels)
+        if n == 0:
+            continue
         loss_sum += loss.item() * n
         wrong += (logits.argmax(dim=1) != labels).sum().item()
         seen += n
@@ -89,7 +92,7 @@ def evaluate(
         images, labels = images.to(ctx.device), labels.to(ctx.device)
         with autocast():
             per_crop = classifier.crop_probs(images).float()
-        centre = per_crop[:, CENTRE if per_crop.shape[1] == 10 else 0]
+        centre = per_crop[:, imaging.CENTRE if per_crop.shape[1] == 10 else 0]
         outputs = {"centre": centre}
         if per_crop.shape[1] == 10:
             outputs["10crop"] = per_crop.mean(dim=1)

@@ -83,7 +83,7 @@ class CropAverage(nn.Module):
         self.register_buffer("offset", offset.float().clone())
         self.register_buffer("scale", scale.float().clone())
         boxes = imaging.ten_crop_boxes()
-        self.boxes = [b for b in boxes if not b[2]][-1:] if crops == 1 else boxes  # the centre is FiveCrop's last
+        self.boxes = [boxes[imaging.CENTRE]] if crops == 1 else boxes
         self.crops = crops
 
     def crop_probs(self, image: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,16 @@
 """Triton python backend: IMAGE_BYTES (encoded image) -> IMAGE uint8 [3,256,256].
 
 Small and total: everything is built in initialize(); execute() decodes every image of
-every request in the dynamically batched call in parallel, and returns exactly one
+every request in the dynamically batched call in parallel threads, and returns exactly one
 response per request -- an INVALID_ARG error naming the problem for a bad image, the
-pixels for the others.
+pixels for the others.  The pixels come from the shared ``imaging`` module, the same code
+training and the clients use (no train/serve skew).
+
+Memory is bounded per image: an encoded image over ``max_image_bytes`` is refused before it
+is decoded, one over ``max_pixels`` (or whose decoded size would pass imaging's
+MAX_DECODE_BYTES) is refused from its header, and a decode holds only its source and
+256x256 working images (imaging/pipeline.py).  With ``decode_threads`` decoding at once, the
+peak is about decode_threads x (MAX_DECODE_BYTES + 1 MB) (README, "Bounded memory").
 """
 
 import json
@@ -14,6 +21,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 import imaging
+from contract import IMAGE, IMAGE_BYTES
 
 
 class TritonPythonModel:
@@ -22,14 +30,15 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         threads = int(params.get("decode_threads", "0")) or len(os.sched_getaffinity(0))
         self.max_pixels = int(params.get("max_pixels", imaging.MAX_PIXELS))
+        self.max_bytes = int(params.get("max_image_bytes", str(64 * 2**20)))
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
     def execute(self, requests):
         rows, owners = [], []
         for index, request in enumerate(requests):
-            tensor = pb_utils.get_input_tensor_by_name(request, "IMAGE_BYTES").as_numpy()
+            tensor = pb_utils.get_input_tensor_by_name(request, IMAGE_BYTES).as_numpy()
             for item in tensor.reshape(-1):
-                rows.append(bytes(item) if not isinstance(item, bytes) else item)
+                rows.append(item if isinstance(item, bytes) else bytes(item))
                 owners.append(index)
         results = list(self.pool.map(self._load, rows))
 
@@ -40,15 +49,17 @@ class TritonPythonModel:
         for results in per_request:
             errors = [f"image {i}: {err}" if len(results) > 1 else err for i, (_, err) in enumerate(results) if err]
             if errors:
-                responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError("; ".join(errors), pb_utils.TritonError.INVALID_ARG)))
+                error = pb_utils.TritonError("; ".join(errors), pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
                 continue
             images = np.stack([img for img, _ in results])
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("IMAGE", images)]))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(IMAGE, images)]))
         return responses
 
     def _load(self, data):
         """(image, None) or (None, why): never raises, so one bad image cannot fail the batch."""
+        if len(data) > self.max_bytes:
+            return None, f"image too large: {len(data):,} bytes encoded, over the limit of {self.max_bytes:,}"
         try:
             return imaging.load(data, max_pixels=self.max_pixels), None
         except imaging.ImageError as exc:

@@ -1,0 +1,131 @@
+"""Making load and measuring it: levels of concurrent callers, Triton's split of the time, server memory."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import urlsplit
+
+import numpy as np
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+@dataclass
+class Level:
+    target: str
+    concurrency: int
+    requests: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    throughput: float = 0.0  # images/s over the measured window
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    server_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    server_rss_mib: float | None = None
+    first_error: str = ""
+
+
+def run_level(target: str, concurrency: int, make_call: Callable[[], Callable[[int], int]], duration: float, warmup: float,
+              images_per_call: int = 1) -> Level:  # fmt: skip
+    """``concurrency`` threads call their own ``call(i)`` back to back; calls inside the measured window count.
+
+    Throughput counts images (``images_per_call`` per call); errors are counted and the first
+    one is kept, never raised."""
+    start_at = time.perf_counter() + warmup
+    stop_at = start_at + duration
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+    first_error: list[str] = []
+
+    def worker(k: int) -> None:
+        call = make_call()
+        i = k
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= stop_at:
+                return
+            try:
+                call(i)
+                ok = True
+            except Exception as exc:  # noqa: BLE001 - counted, the first one reported
+                ok = False
+                if not first_error:
+                    first_error.append(str(exc))
+            t1 = time.perf_counter()
+            if t0 >= start_at and t1 <= stop_at:
+                if ok:
+                    latencies[k].append(t1 - t0)
+                else:
+                    errors[k] += 1
+            i += concurrency
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    flat = np.array([x for per in latencies for x in per]) * 1000
+    level = Level(target, concurrency, requests=int(flat.size), errors=sum(errors), seconds=duration,
+                  first_error=first_error[0] if first_error else "")  # fmt: skip
+    level.throughput = flat.size * images_per_call / duration
+    if flat.size:
+        level.latency_ms = {f"p{p}": float(np.percentile(flat, p)) for p in PERCENTILES}
+        level.latency_ms["max"] = float(flat.max())
+        level.latency_ms["mean"] = float(flat.mean())
+    return level
+
+
+def server_split(before: dict, after: dict) -> dict[str, float]:
+    """Average ms per request in each phase between two statistics snapshots, and the average batch."""
+    out = {}
+    b, a = before.get("inference_stats", {}), after.get("inference_stats", {})
+    for phase in ("queue", "compute_input", "compute_infer", "compute_output"):
+        count = int(a.get(phase, {}).get("count", 0)) - int(b.get(phase, {}).get("count", 0))
+        ns = int(a.get(phase, {}).get("ns", 0)) - int(b.get(phase, {}).get("ns", 0))
+        out[phase] = ns / count / 1e6 if count else 0.0
+    inferences = int(after.get("inference_count", 0)) - int(before.get("inference_count", 0))
+    executions = int(after.get("execution_count", 0)) - int(before.get("execution_count", 0))
+    out["avg_batch"] = inferences / executions if executions else 0.0
+    return out
+
+
+class ServerMemory:
+    """Resident memory of the one Triton that serves ``url``, with its python-backend stubs.
+
+    The server is the process listening on the URL's port on this host (found once, with
+    psutil); its children are the stubs.  None when the server runs elsewhere or is not found."""
+
+    def __init__(self, url: str) -> None:
+        self.pid = None
+        parts = urlsplit(url if "//" in url else f"//{url}")
+        if parts.hostname not in ("127.0.0.1", "localhost", "::1", "0.0.0.0", None):
+            return
+        try:
+            import psutil
+
+            for conn in psutil.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == parts.port and conn.pid:
+                    self.pid = conn.pid
+                    break
+        except Exception:  # noqa: BLE001 - no permission to see sockets: memory is then unknown
+            self.pid = None
+
+    def rss_mib(self) -> float | None:
+        if self.pid is None:
+            return None
+        import psutil
+
+        try:
+            server = psutil.Process(self.pid)
+            processes = [server, *server.children(recursive=True)]
+            total = 0
+            for process in processes:
+                try:
+                    total += process.memory_info().rss
+                except psutil.NoSuchProcess:
+                    continue
+            return total / 2**20
+        except psutil.NoSuchProcess:
+            return None

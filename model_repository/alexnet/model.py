@@ -1,0 +1,91 @@
+"""Triton python backend: alexnet, IMAGE uint8 [N,3,256,256] -> PROBS float32 [N,C].
+
+The exported 10-crop classifier (or centre-crop, per export) run in-process by the runtime
+the config names -- ``parameters { key: "runtime" }``:
+
+- ``openvino``   configs/cpu.pbtxt, cpu-f32/-bf16/-int8: OpenVINO on the CPU; precision
+                 ``auto`` picks the fastest measured for this CPU's features and logs why.
+- ``onnxruntime`` configs/cpu-onnxruntime.pbtxt: ONNX Runtime's CPU provider (the baseline).
+- ``pytorch``    configs/pytorch.pbtxt: the TorchScript file on CUDA (bf16 autocast) when a
+                 GPU is visible, else on the CPU in fp32 -- the same code either way.
+
+``alexnet-export`` copies this file into every version folder it writes (Triton loads
+``<version>/model.py``); the runtimes themselves live in ``contract.runtimes``, which the
+export checks and the benchmarks run too.  Small and total: everything is built in
+``initialize``; ``execute`` concatenates the requests of a dynamic batch, runs them
+``max_images_per_run`` images at a time, and returns exactly one response per request --
+an INVALID_ARG error naming the problem for a request whose IMAGE is not uint8
+[n,3,256,256], the probabilities for the others.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+import contract
+from contract import cpu, runtimes
+
+SHAPE = (3, 256, 256)  # imaging.SIZE; the config's dims say the same and Triton checks them first
+
+
+def _threads(config: dict, params: dict) -> int:
+    """``threads`` 0: the cores available to the server, split evenly among the model's
+    instances (each instance is its own stub process with its own thread pool)."""
+    instances = sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
+    return int(params.get("threads", "0")) or max(1, cpu.cores() // instances)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        version = Path(args["model_repository"]) / args["model_version"]
+        kind = params.get("runtime", "openvino")
+        precision = params.get("precision", "auto")
+        per_run = int(params.get("max_images_per_run", "0"))
+        threads = _threads(config, params)
+        why = ""
+        try:
+            if kind == "openvino":
+                precision, why = runtimes.cpu_precision_for(version, precision)
+                streams = int(params.get("streams", "1"))
+                self.runtime = runtimes.openvino(version, precision, threads, streams, per_run)
+            elif kind == "onnxruntime":
+                onnx_file = runtimes.FILES["int8" if precision == "int8" else "f32"]
+                self.runtime = runtimes.onnxruntime(version / onnx_file, threads, per_run)
+            elif kind == "pytorch":
+                gpu = args.get("model_instance_kind") == "GPU"
+                device = f"cuda:{args['model_instance_device_id']}" if gpu else "auto"
+                self.runtime = runtimes.pytorch(version / runtimes.FILES["torchscript"], device, precision, per_run)
+            else:
+                raise ValueError(f"unknown runtime {kind!r} (openvino, onnxruntime or pytorch)")
+        except (runtimes.RuntimeUnavailable, FileNotFoundError, ValueError) as exc:
+            raise pb_utils.TritonModelException(f"alexnet ({kind}): {exc}") from None
+        note = f"; precision {why}" if why else ""
+        pb_utils.Logger.log_info(f"{args['model_instance_name']}: {self.runtime.describe()}{note}")
+
+    def execute(self, requests):
+        batches, problems = [], []
+        for request in requests:
+            image = pb_utils.get_input_tensor_by_name(request, contract.IMAGE).as_numpy()
+            problem = None
+            if image.dtype != np.uint8:
+                problem = f"{contract.IMAGE} must be uint8, got {image.dtype}"
+            elif image.ndim != 4 or image.shape[1:] != SHAPE:
+                problem = f"{contract.IMAGE} must be [N,{','.join(map(str, SHAPE))}], got {list(image.shape)}"
+            batches.append(None if problem else image)
+            problems.append(problem)
+        good = [b for b in batches if b is not None]
+        probs = self.runtime(np.ascontiguousarray(np.concatenate(good))) if good else None
+        responses, start = [], 0
+        for batch, problem in zip(batches, problems):
+            if problem:
+                error = pb_utils.TritonError(problem, pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
+                continue
+            end = start + len(batch)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(contract.PROBS, probs[start:end])]))
+            start = end
+        return responses

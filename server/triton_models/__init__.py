@@ -1,1 +1,0 @@
-"""Python-backend model code that Triton's stub imports from the project's environment."""
