@@ -6,9 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-# The demo's CPU budget: 2 epochs over 12,000 Fashion-MNIST images (~15 min on 2 cores).
-# Longer: make demo DEMO_TRAIN_ARGS="--preset demo --epochs 10"; on a GPU add --device cuda --amp.
-export DEMO_TRAIN_ARGS ?= --preset demo --epochs 2 --train-limit 12000 --val-limit 1000 --stats-images 6000
+# The demo's settings (training budget, export, ports) live in scripts/demo.sh; override them
+# with its DEMO_* variables, e.g. make demo DEMO_TRAIN_ARGS="--preset demo --epochs 10 --amp --compile".
 
 .PHONY: install test demo clean
 

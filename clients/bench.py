@@ -52,6 +52,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--images", type=Path, help="folder of images to send, searched recursively (default: sample photographs)")
     parser.add_argument("--max-images", type=int, default=64, help="images read from --images and sent in turn")
     parser.add_argument("--inprocess", action="store_true", help="also run the in-process baseline (same decode, model file and runtime)")
+    parser.add_argument("--runtimes", metavar="all|RUNTIME:PRECISION,...",
+                        help="also time these in-process (e.g. onnxruntime:f32,openvino:bf16,openvino:int8; all = every one "
+                             "this machine and the latest version can run), each level beside the served one")  # fmt: skip
     parser.add_argument("--repository", type=Path, default=layout.default_repository(),
                         help="where the in-process baseline finds alexnet's latest version")  # fmt: skip
     parser.add_argument("--soak", type=float, metavar="SECONDS", help="run the first --concurrency level for this long; report errors and RSS over time")
@@ -127,21 +130,38 @@ def served_runtime(probe: Connection) -> tuple[str, str]:
     return value("runtime", "onnxruntime"), value("precision", "f32")
 
 
+def _open_runtime(version: Path, runtime: str, precision: str) -> runtimes.Runtime:
+    if runtime == "openvino":
+        precision, _ = runtimes.cpu_precision_for(version, precision)
+        return runtimes.openvino(version, precision, max_images_per_run=4)
+    if runtime == "pytorch":
+        return runtimes.pytorch(version / runtimes.FILES["torchscript"])
+    return runtimes.onnxruntime(version / runtimes.FILES["int8" if precision == "int8" else "f32"], max_images_per_run=4)
+
+
+def runtime_specs(text: str, version: Path) -> list[tuple[str, str]]:
+    """--runtimes: the (runtime, precision) pairs asked for; ``all`` = every CPU one this version and machine allow."""
+    if text != "all":
+        return [(spec.partition(":")[0], spec.partition(":")[2] or "f32") for spec in text.split(",") if spec.strip()]
+    specs = [("onnxruntime", "f32")]
+    if (version / runtimes.FILES["int8"]).is_file():
+        specs.append(("onnxruntime", "int8"))
+    manifest = version / layout.MANIFEST
+    gated = runtimes.gated_precisions(json.loads(manifest.read_text()) if manifest.is_file() else {})
+    specs += [("openvino", p) for p in ("f32", "bf16", "int8") if p in gated and (p != "bf16" or cpu.has_native_bf16())]
+    return specs
+
+
 def inprocess_caller(args: argparse.Namespace, images: list[bytes], runtime: str, precision: str) -> tuple[Callable, str]:
-    """The served pipeline in this process: imaging's decode, then the same file in the same runtime."""
+    """The served pipeline in this process: imaging's decode, then the same file in the same runtime
+    (4 images a run, as the CPU configs)."""
     version = layout.latest_version(args.repository)
     if version is None:
         raise ServerError(f"no exported model in {args.repository / MODEL} for --inprocess: run alexnet-export first")
     try:
-        if runtime == "openvino":
-            precision, _ = runtimes.cpu_precision_for(version, precision)
-            model = runtimes.openvino(version, precision)
-        elif runtime == "pytorch":
-            model = runtimes.pytorch(version / runtimes.FILES["torchscript"])
-        else:
-            model = runtimes.onnxruntime(version / runtimes.FILES["int8" if precision == "int8" else "f32"])
-    except (runtimes.RuntimeUnavailable, FileNotFoundError) as exc:
-        raise ServerError(f"--inprocess: {exc}") from None
+        model = _open_runtime(version, runtime, precision)
+    except (runtimes.RuntimeUnavailable, FileNotFoundError, ValueError) as exc:
+        raise ServerError(f"in-process {runtime} {precision}: {exc}") from None
     decode = args.model == ENSEMBLE
     arrays = [imaging.load(img) for img in images]
     lock = threading.Lock()  # one model instance, like the server's; callers queue for it
@@ -162,13 +182,13 @@ def inprocess_caller(args: argparse.Namespace, images: list[bytes], runtime: str
 
 
 def print_table(levels: list[Level]) -> None:
-    head = f"{'target':<10}{'conc':>5}{'img/s':>9}{'p50':>9}{'p90':>9}{'p95':>9}{'p99':>9}{'max':>9}{'err':>5}  server split (ms/request: queue, infer, batch)"
+    head = f"{'target':<18}{'conc':>5}{'img/s':>9}{'p50':>9}{'p90':>9}{'p95':>9}{'p99':>9}{'max':>9}{'err':>5}  server split (ms/request: queue, infer, batch)"
     print(head)
     for lv in levels:
         lat = lv.latency_ms
         split = lv.server_ms.get("alexnet", {})
         extra = f"  q {split.get('queue', 0):.1f}  infer {split.get('compute_infer', 0):.1f}  b {split.get('avg_batch', 0):.1f}" if split else ""
-        print(f"{lv.target:<10}{lv.concurrency:>5}{lv.throughput:>9.2f}" + "".join(f"{lat.get(k, float('nan')):>9.1f}" for k in ("p50", "p90", "p95", "p99", "max"))
+        print(f"{lv.target:<18}{lv.concurrency:>5}{lv.throughput:>9.2f}" + "".join(f"{lat.get(k, float('nan')):>9.1f}" for k in ("p50", "p90", "p95", "p99", "max"))
               + f"{lv.errors:>5}{extra}")  # fmt: skip
 
 
@@ -272,6 +292,13 @@ def measure_levels(args: argparse.Namespace, images: list[bytes], levels_wanted:
     memory = ServerMemory(probe.url)
     runtime, precision = served_runtime(probe) if args.model in (ENSEMBLE, MODEL) else ("", "")
     make_local, local = inprocess_caller(args, images, runtime, precision) if args.inprocess else (None, "")
+    others = []
+    if args.runtimes:
+        version = layout.latest_version(args.repository)
+        if version is None:
+            raise ServerError(f"no exported model in {args.repository / MODEL} for --runtimes: run alexnet-export first")
+        for name, prec in runtime_specs(args.runtimes, version):
+            others.append((f"{name}-{prec}", inprocess_caller(args, images, name, prec)[0]))
     levels: list[Level] = []
     watch = [ENSEMBLE, "preprocess", MODEL] if args.model == ENSEMBLE else [MODEL]
     try:
@@ -285,6 +312,8 @@ def measure_levels(args: argparse.Namespace, images: list[bytes], levels_wanted:
             levels.append(level)
             if make_local is not None:
                 levels.append(run_level("inprocess", c, make_local, args.duration, args.warmup, args.batch))
+            for target, make in others:
+                levels.append(run_level(target, c, make, args.duration, args.warmup, args.batch))
     finally:
         probe.close()
     return levels, {"served_runtime": f"{runtime} {precision}".strip(), "inprocess_runtime": local}

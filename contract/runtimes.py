@@ -177,12 +177,36 @@ def pytorch(path: str | os.PathLike, device: str = "auto", precision: str = "aut
 
     def run(images):
         with torch.inference_mode(), torch.autocast(**autocast):
-            x = torch.from_numpy(images).to(dev, non_blocking=True)
-            return module(x).float().cpu().numpy()
+            x = to_torch(images).to(dev, non_blocking=True)
+            return to_numpy(module(x).float().cpu())
 
     threads = torch.get_num_threads() if dev.type == "cpu" else 0
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
     return Runtime("pytorch", precision, path, threads, name, run, max_images_per_run)
+
+
+def to_torch(array):
+    """numpy -> torch; through the buffer protocol where this torch was built for another NumPy
+    major (the python-backend stub runs NumPy 1.26 beside a torch built against NumPy 2)."""
+    import torch
+
+    try:
+        return torch.from_numpy(array)
+    except (RuntimeError, TypeError):
+        import numpy as np
+
+        array = np.ascontiguousarray(array)
+        return torch.frombuffer(bytearray(array.tobytes()), dtype=getattr(torch, array.dtype.name)).reshape(array.shape)
+
+
+def to_numpy(tensor):
+    """torch (CPU) -> numpy, with the same fallback as ``to_torch``."""
+    import numpy as np
+
+    try:
+        return tensor.numpy()
+    except (RuntimeError, TypeError):
+        return np.asarray(tensor.tolist(), dtype=str(tensor.dtype).removeprefix("torch."))
 
 
 # Which OpenVINO precision serves fastest on which CPU (alexnet-serve --config cpu, precision

@@ -65,6 +65,28 @@ def factors_on_uint8(model: onnx.ModelProto, calibration: np.ndarray) -> int:
     go negative (or divisors that reach 0) on the calibration images are left alone.
     Returns how many were rewritten."""
     graph = model.graph
+    candidates = _factor_candidates(graph)
+    if not candidates:
+        return 0
+    ranges = _ranges(model, [c[2] for c in candidates], calibration)
+    extra_inits, replaced = [], {}
+    for (node, x, source, quant), (low, high) in zip(candidates, ranges):
+        reciprocal = node.op_type == "Div"
+        largest = (1 / low if low > 0 else np.inf) if reciprocal else (high if low >= 0 else np.inf)
+        if not np.isfinite(largest) or largest <= 0:
+            continue
+        inits, new_nodes = _quantized_product(node, x, source, quant, largest, reciprocal)
+        extra_inits += inits
+        replaced[id(node)] = new_nodes
+    rewritten = [new for node in graph.node for new in replaced.get(id(node), [node])]
+    graph.initializer.extend(extra_inits)
+    del graph.node[:]
+    graph.node.extend(rewritten)
+    return len(replaced)
+
+
+def _factor_candidates(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, str, str, onnx.NodeProto]]:
+    """(Mul or Div node, its dequantized input x, its float factor's name, the QuantizeLinear after it)."""
     producer, consumers = _index(graph.node)
 
     def computed_in_float(name: str) -> bool:
@@ -73,7 +95,7 @@ def factors_on_uint8(model: onnx.ModelProto, calibration: np.ndarray) -> int:
     def dequantized(name: str) -> bool:
         return getattr(producer.get(name), "op_type", None) == "DequantizeLinear"
 
-    candidates = []  # (node, x, factor source, requantizing Q)
+    candidates = []
     for node in graph.node:
         if node.op_type == "Div" and dequantized(node.input[0]) and computed_in_float(node.input[1]):
             x, source = node.input
@@ -86,43 +108,34 @@ def factors_on_uint8(model: onnx.ModelProto, calibration: np.ndarray) -> int:
         quant = _requantized_through_pooling(node.output[0], consumers)
         if quant is not None:
             candidates.append((node, x, source, quant))
-    if not candidates:
-        return 0
-    ranges = _ranges(model, [c[2] for c in candidates], calibration)
-    extra_inits, replaced = [], {}
-    for (node, x, source, quant), (low, high) in zip(candidates, ranges):
-        reciprocal = node.op_type == "Div"
-        largest = (1 / low if low > 0 else np.inf) if reciprocal else (high if low >= 0 else np.inf)
-        if not np.isfinite(largest) or largest <= 0:
-            continue
-        p = f"{node.name}_factor"
-        extra_inits += [numpy_helper.from_array(np.array(largest / 255, np.float32), p + "_scale"),
-                        numpy_helper.from_array(np.array(0, np.uint8), p + "_zero_point")]  # fmt: skip
-        q_args = [p + "_scale", p + "_zero_point"]
-        factor = source
-        new_nodes = []
-        if reciprocal:
-            factor = p
-            new_nodes.append(helper.make_node("Reciprocal", [source], [p], name=p + "_Reciprocal"))
-        new_nodes += [
-            helper.make_node("QuantizeLinear", [factor, *q_args], [p + "_quantized"], name=p + "_QuantizeLinear"),
-            helper.make_node("DequantizeLinear", [p + "_quantized", *q_args], [p + "_dequantized"], name=p + "_DequantizeLinear"),
+    return candidates
+
+
+def _quantized_product(node, x: str, source: str, quant, largest: float, reciprocal: bool) -> tuple[list, list]:
+    """(initializers, nodes) replacing ``node``: the factor (or 1/divisor) quantized on [0, largest],
+    multiplied with x; requantized with ``quant``'s parameters when max-pooling sits between."""
+    p = f"{node.name}_factor"
+    inits = [numpy_helper.from_array(np.array(largest / 255, np.float32), p + "_scale"),
+             numpy_helper.from_array(np.array(0, np.uint8), p + "_zero_point")]  # fmt: skip
+    q_args = [p + "_scale", p + "_zero_point"]
+    factor, nodes = source, []
+    if reciprocal:
+        factor = p
+        nodes.append(helper.make_node("Reciprocal", [source], [p], name=p + "_Reciprocal"))
+    nodes += [
+        helper.make_node("QuantizeLinear", [factor, *q_args], [p + "_quantized"], name=p + "_QuantizeLinear"),
+        helper.make_node("DequantizeLinear", [p + "_quantized", *q_args], [p + "_dequantized"], name=p + "_DequantizeLinear"),
+    ]
+    if quant.input[0] == node.output[0]:
+        nodes.append(helper.make_node("Mul", [x, p + "_dequantized"], [node.output[0]], name=f"{node.name}_on_uint8"))
+    else:  # max-pooling in between commutes with quantization: requantize the product itself
+        q_out = quant.input[1:]
+        nodes += [
+            helper.make_node("Mul", [x, p + "_dequantized"], [p + "_product"], name=f"{node.name}_on_uint8"),
+            helper.make_node("QuantizeLinear", [p + "_product", *q_out], [p + "_product_quantized"], name=p + "_product_Q"),
+            helper.make_node("DequantizeLinear", [p + "_product_quantized", *q_out], [node.output[0]], name=p + "_product_DQ"),
         ]
-        if quant.input[0] == node.output[0]:
-            new_nodes.append(helper.make_node("Mul", [x, p + "_dequantized"], [node.output[0]], name=f"{node.name}_on_uint8"))
-        else:  # max-pooling in between commutes with quantization: requantize the product itself
-            q_out = quant.input[1:]
-            new_nodes += [
-                helper.make_node("Mul", [x, p + "_dequantized"], [p + "_product"], name=f"{node.name}_on_uint8"),
-                helper.make_node("QuantizeLinear", [p + "_product", *q_out], [p + "_product_quantized"], name=p + "_product_Q"),
-                helper.make_node("DequantizeLinear", [p + "_product_quantized", *q_out], [node.output[0]], name=p + "_product_DQ"),
-            ]
-        replaced[id(node)] = new_nodes
-    rewritten = [new for node in graph.node for new in replaced.get(id(node), [node])]
-    graph.initializer.extend(extra_inits)
-    del graph.node[:]
-    graph.node.extend(rewritten)
-    return len(replaced)
+    return inits, nodes
 
 
 def _index(nodes) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:

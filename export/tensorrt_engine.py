@@ -1,23 +1,55 @@
 """TensorRT: build ``model.plan`` from the ONNX classifier with the Python API, and run it.
 
-Engines are tied to a GPU model and a TensorRT version, so they are built on the host
-that serves them (the Dockerfile does it at container start).  Everything here needs the
-``tensorrt`` module and a CUDA GPU; ``unavailable()`` says which is missing.
+A plan loads only on the GPU model (compute capability) and in the TensorRT version that
+built it, so it is built on the host that serves it (the container's entrypoint does it at
+start) with the ``tensorrt`` wheel pinned to the container's libnvinfer (pyproject's [gpu]:
+10.5.0 for tritonserver 24.10), and ``build`` records the GPU and the version beside it
+(export.json "tensorrt"); ``contract.gpu.plan_matches`` compares that record with a host.
+
+No PyTorch here: buffers and streams come from the CUDA runtime through cuda-python, so the
+image needs no torch built for its driver.  ``unavailable()`` says in one line what is
+missing (the tensorrt module, cuda-python, a GPU).
+
+Precisions: FP32 always; ``--fp16`` and ``--int8`` need TensorRT 10 (BuilderFlag.FP16/INT8
+and the implicit INT8 calibrators were removed in TensorRT 11, whose networks are strongly
+typed); under TensorRT 11 they are refused with one line.  INT8 calibrates with its own
+optimisation profile (min = opt = max = the calibration batch): TensorRT calibrates at the
+profile's kOPT shape, so the serving profile (opt = 64) would read past an 8-image buffer.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 import imaging
+from contract import IMAGE, PROBS, gpu
 
 FP16_TOLERANCE = 1e-2
 FP32_TOLERANCE = 1e-4
 INT8_TOLERANCE = 5e-2
 MIN_TOP1_AGREEMENT = 0.99
+CALIBRATION_BATCH = 8
+SHAPE = (3, imaging.SIZE, imaging.SIZE)
+
+
+class TensorRTUnavailable(RuntimeError):
+    """Building or running an engine is not possible here; the message says why in one line."""
+
+
+def tolerance(fp16: bool, int8: bool) -> float:
+    return INT8_TOLERANCE if int8 else FP16_TOLERANCE if fp16 else FP32_TOLERANCE
+
+
+def _cudart():
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        from cuda import cudart  # older cuda-python 12.x
+    return cudart
 
 
 def unavailable() -> str | None:
@@ -26,25 +58,48 @@ def unavailable() -> str | None:
         import tensorrt  # noqa: F401
     except ImportError:
         return "TensorRT is not available: the tensorrt Python module is not installed (pip install '.[gpu]' on a GPU host)"
-    import torch
-
-    if not torch.cuda.is_available():
+    try:
+        cudart = _cudart()
+    except ImportError:
+        return "TensorRT is not available: cuda-python is not installed (pip install '.[gpu]')"
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) != 0 or count < 1:
         return "TensorRT is not available: no CUDA GPU is visible on this machine"
     return None
 
 
-def build(onnx_path: Path, plan_path: Path, max_batch: int, fp16: bool, timing_cache: Path, calibration: np.ndarray | None = None) -> None:
-    """One optimization profile: min batch 1, opt = max = ``max_batch``; the timing cache is reused and updated.
+def version_problem(version: str, fp16: bool, int8: bool) -> str | None:
+    """Why this TensorRT cannot build the asked precision (None when it can)."""
+    major = int(version.split(".")[0])
+    if major >= 11 and (fp16 or int8):
+        flag = "--int8" if int8 else "--fp16"
+        return (f"TensorRT {version} has no {flag} builder flag (removed in TensorRT 11: networks are strongly typed); "
+                "build with the TensorRT 10 of the serving container (pip install '.[gpu]' pins it)")  # fmt: skip
+    return None
 
-    With ``calibration`` (uint8 images), INT8 kernels are enabled and calibrated by an
-    entropy calibrator whose cache is written beside the engine (``model.plan.calibration``).
-    """
+
+def timing_cache_path(folder: Path, gpu_name: str, capability: str, version: str) -> Path:
+    """One timing cache per GPU model and TensorRT version: timings of one GPU mislead another."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-").lower() or "gpu"
+    return Path(folder) / f".tensorrt-timing-{slug}-sm{capability}-trt{version}.cache"
+
+
+def build(onnx_path: Path, plan_path: Path, max_batch: int, fp16: bool, cache_folder: Path, calibration: np.ndarray | None = None) -> dict:
+    """Build an engine with one serving profile (batch 1..``max_batch``, tuned for ``max_batch``).
+
+    Returns the record for export.json: the TensorRT version, the GPU's name and compute
+    capability, the timing cache used.  With ``calibration`` (uint8 images), INT8 kernels are
+    calibrated by an entropy calibrator over its own profile; its cache is written beside the
+    engine.  Raises TensorRTUnavailable (version, precision) or RuntimeError (parse, build)."""
     import tensorrt as trt
 
+    if problem := version_problem(trt.__version__, fp16, calibration is not None):
+        raise TensorRTUnavailable(problem)
+    here = gpu.visible_gpus()
+    gpu_name, capability = (here[0]["name"], here[0]["compute_capability"]) if here else ("unknown GPU", "?")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -53,38 +108,63 @@ def build(onnx_path: Path, plan_path: Path, max_batch: int, fp16: bool, timing_c
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 4 << 30)
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
-    if calibration is not None:
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = _entropy_calibrator(calibration, plan_path.with_name(plan_path.name + ".calibration"), max_batch)
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    shape = (3, imaging.SIZE, imaging.SIZE)
+    cache_path = timing_cache_path(cache_folder, gpu_name, capability, trt.__version__)
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        # A cache from another GPU or TensorRT (or a damaged file): start from an empty one.
+        cache = config.create_timing_cache(b"")
+        if not config.set_timing_cache(cache, ignore_mismatch=False):
+            raise RuntimeError("TensorRT refused an empty timing cache")
     profile = builder.create_optimization_profile()
-    profile.set_shape("IMAGE", (1, *shape), (max_batch, *shape), (max_batch, *shape))
+    profile.set_shape(IMAGE, (1, *SHAPE), (max_batch, *SHAPE), (max_batch, *SHAPE))
     config.add_optimization_profile(profile)
     if calibration is not None:
-        config.set_calibration_profile(profile)  # dynamic batch: calibrate inside the same profile
+        batch = min(CALIBRATION_BATCH, len(calibration))
+        calibration_profile = builder.create_optimization_profile()
+        calibration_profile.set_shape(IMAGE, (batch, *SHAPE), (batch, *SHAPE), (batch, *SHAPE))
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.int8_calibrator = _entropy_calibrator(calibration, plan_path.with_name(plan_path.name + ".calibration"), batch)
+        config.set_calibration_profile(calibration_profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError("TensorRT failed to build the engine (see the log above)")
     plan_path.write_bytes(bytes(serialized))
-    tmp = timing_cache.with_name(timing_cache.name + ".tmp")
-    tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-    tmp.replace(timing_cache)
+    from contract import files
+
+    files.atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
+    return {"tensorrt_version": trt.__version__, "gpu": gpu_name, "compute_capability": capability, "timing_cache": cache_path.name}
 
 
-def _entropy_calibrator(images: np.ndarray, cache_path: Path, max_batch: int):
-    """IInt8EntropyCalibrator2 over uint8 images, batches in CUDA memory owned by PyTorch."""
+class _DeviceBuffer:
+    """cudaMalloc'd memory, freed with the object."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.cudart = _cudart()
+        err, self.ptr = self.cudart.cudaMalloc(max(1, nbytes))
+        _check(err, "cudaMalloc")
+        self.nbytes = nbytes
+
+    def __del__(self) -> None:
+        if getattr(self, "ptr", None):
+            self.cudart.cudaFree(self.ptr)
+
+
+def _check(err, what: str) -> None:
+    if int(err) != 0:
+        raise RuntimeError(f"{what} failed: CUDA error {int(err)}")
+
+
+def _entropy_calibrator(images: np.ndarray, cache_path: Path, batch_size: int):
+    """IInt8EntropyCalibrator2 over uint8 images, ``batch_size`` at a time, in a cudaMalloc'd buffer."""
     import tensorrt as trt
-    import torch
 
-    batch_size = min(8, max_batch)
+    cudart = _cudart()
 
     class Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             super().__init__()
-            self.batches = [images[i : i + batch_size] for i in range(0, len(images) - batch_size + 1, batch_size)]
-            self.current = None
+            self.batches = [np.ascontiguousarray(images[i : i + batch_size]) for i in range(0, len(images) - batch_size + 1, batch_size)]
+            self.buffer = _DeviceBuffer(batch_size * int(np.prod(SHAPE)))
 
         def get_batch_size(self) -> int:
             return batch_size
@@ -92,8 +172,10 @@ def _entropy_calibrator(images: np.ndarray, cache_path: Path, max_batch: int):
         def get_batch(self, names):
             if not self.batches:
                 return None
-            self.current = torch.from_numpy(np.ascontiguousarray(self.batches.pop(0))).cuda()
-            return [self.current.data_ptr()]
+            host = self.batches.pop(0)
+            (err,) = cudart.cudaMemcpy(self.buffer.ptr, host.ctypes.data, host.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice)
+            _check(err, "cudaMemcpy")
+            return [int(self.buffer.ptr)]
 
         def read_calibration_cache(self):
             return cache_path.read_bytes() if cache_path.is_file() else None
@@ -105,25 +187,32 @@ def _entropy_calibrator(images: np.ndarray, cache_path: Path, max_batch: int):
 
 
 def runner(plan_path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """Run the engine on uint8 [N,3,256,256] batches (buffers are CUDA tensors from PyTorch)."""
+    """Run the engine on uint8 [N,3,256,256] batches: copies in, execute, copy out, on one CUDA stream."""
     import tensorrt as trt
-    import torch
 
+    cudart = _cudart()
     logger = trt.Logger(trt.Logger.WARNING)
     engine = trt.Runtime(logger).deserialize_cuda_engine(plan_path.read_bytes())
+    if engine is None:
+        raise RuntimeError(f"TensorRT {trt.__version__} cannot load {plan_path} (built for another GPU or TensorRT?)")
     context = engine.create_execution_context()
-    num_classes = engine.get_tensor_shape("PROBS")[-1]
+    num_classes = int(engine.get_tensor_shape(PROBS)[-1])
+    err, stream = cudart.cudaStreamCreate()
+    _check(err, "cudaStreamCreate")
 
     def run(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(batch)).cuda()
-        out = torch.empty((len(batch), num_classes), dtype=torch.float32, device="cuda")
-        context.set_input_shape("IMAGE", tuple(x.shape))
-        context.set_tensor_address("IMAGE", x.data_ptr())
-        context.set_tensor_address("PROBS", out.data_ptr())
-        stream = torch.cuda.current_stream()
-        if not context.execute_async_v3(stream.cuda_stream):
+        batch = np.ascontiguousarray(batch, dtype=np.uint8)
+        out = np.empty((len(batch), num_classes), dtype=np.float32)
+        inp, res = _DeviceBuffer(batch.nbytes), _DeviceBuffer(out.nbytes)
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        _check(cudart.cudaMemcpyAsync(inp.ptr, batch.ctypes.data, batch.nbytes, h2d, stream)[0], "cudaMemcpyAsync")
+        context.set_input_shape(IMAGE, tuple(batch.shape))
+        context.set_tensor_address(IMAGE, int(inp.ptr))
+        context.set_tensor_address(PROBS, int(res.ptr))
+        if not context.execute_async_v3(int(stream)):
             raise RuntimeError("TensorRT execution failed")
-        stream.synchronize()
-        return out.cpu().numpy()
+        _check(cudart.cudaMemcpyAsync(out.ctypes.data, res.ptr, out.nbytes, d2h, stream)[0], "cudaMemcpyAsync")
+        _check(cudart.cudaStreamSynchronize(stream)[0], "cudaStreamSynchronize")
+        return out
 
     return run

@@ -50,7 +50,7 @@ CONFIGS = {
     "cpu-bf16": Config("cpu-bf16", (runtimes.FILES["f32"], PY), "python"),
     "cpu-int8": Config("cpu-int8", (runtimes.FILES["int8"], PY), "python", " --int8"),
     "cpu-onnxruntime": Config("cpu-onnxruntime", (runtimes.FILES["f32"], PY), "python"),
-    "pytorch": Config("pytorch", (runtimes.FILES["torchscript"], PY), "python", " --torchscript"),
+    "pytorch": Config("pytorch", (runtimes.FILES["torchscript"], PY), "python", " --formats onnx,torchscript"),
     "onnxruntime": Config("onnxruntime", (runtimes.FILES["f32"],), "onnxruntime"),
     "tensorrt": Config(None, (runtimes.FILES["plan"],), "tensorrt", " --tensorrt --fp16"),
 }
@@ -114,7 +114,7 @@ def choose_config(choice: str, repository: Path, backends: set[str], gpus: list[
         skipped = "not tensorrt: " + ("no TensorRT backend in this Triton; " if "tensorrt" not in backends else "no model.plan; ")
     if gpus and version is not None and (version / runtimes.FILES["torchscript"]).is_file():
         return "pytorch", skipped + f"a GPU ({gpus[0]['name']}) and model.pt"
-    reason = "no GPU visible" if not gpus else "no model.pt (alexnet-export --torchscript)"
+    reason = "no GPU visible" if not gpus else "no model.pt (alexnet-export --formats onnx,torchscript)"
     return "cpu", skipped + f"not pytorch: {reason}"
 
 
@@ -218,9 +218,14 @@ class Process:
         except subprocess.TimeoutExpired:
             code = None
         self.reap()
-        if code not in (0, None) and "Exit timeout expired" in "\n".join(self.errors()):
+        if code not in (0, None) and "Exit timeout expired" in self.log_text():
             return 0  # only idle connections were left when the exit timeout ran out
         return 1 if code is None else code
+
+    def log_text(self) -> str:
+        """This process's part of the log."""
+        lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines() if self.log_path.is_file() else []
+        return "\n".join(lines[self.log_start :])
 
     def reap(self) -> None:
         """Nothing left running: Triton and its python-backend stubs share its process group."""

@@ -120,7 +120,7 @@ def served_repository(tmp_path_factory) -> Path:
     ckpt = small_checkpoint(folder / "small.pt", num_classes=3)
     repo = folder / "model_repository"
     # TorchScript too, for the pytorch config; the gates on the sample photographs alone.
-    assert export_cli.cli([str(ckpt), "--repository", str(repo), "--torchscript", "--calibration", "/nonexistent", "--gate-images", "0"]) == 0
+    assert export_cli.cli([str(ckpt), "--repository", str(repo), "--formats", "onnx,torchscript", "--calibration", "/nonexistent", "--gate-images", "0"]) == 0
     return repo
 
 

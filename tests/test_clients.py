@@ -344,6 +344,56 @@ def test_bench_numbers_and_files(triton_server, tmp_path):
     assert "served" in proc.stdout and "inprocess" in proc.stdout
 
 
+def test_bench_finds_images_wherever_they_sort_and_skips_broken_ones(triton_server, photo_path, tmp_path):
+    folder = tmp_path / "mixed"
+    (folder / "deep" / "er").mkdir(parents=True)
+    for i in range(300):
+        (folder / f"a{i:03d}.txt").write_text("not an image")
+    (folder / "deep" / "er" / "zz.jpg").write_bytes(photo_path.read_bytes())
+    png = encode_png(photo_path)
+    (folder / "broken.png").write_bytes(png[: len(png) // 2])
+    proc = run("clients.bench", "--url", triton_server.grpc_url, "--images", str(folder), "--concurrency", "1", "--duration", "1",
+               "--warmup", "0", "--out", str(tmp_path / "b"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "skipping" in proc.stderr and "broken.png" in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["meta"]["images"] == 1
+
+
+def encode_png(photo_path: Path) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.open(photo_path).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_bench_measures_only_its_server(triton_server):
+    from clients.load import ServerMemory
+
+    memory = ServerMemory(triton_server.grpc_url)
+    triton = [pid for pid in serving.descendants(triton_server.proc.pid) if Path(f"/proc/{pid}/comm").read_text().startswith("tritonserver")]
+    assert memory.pid in triton, (memory.pid, triton)
+    assert 50 < memory.rss_mib() < 8000
+
+
+def test_bench_exits_non_zero_when_requests_fail(served_repository, photo_path, tmp_path):
+    """A server that refuses every image (its preprocess limited to 100 bytes): exit 1 and the reason."""
+    import re
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(served_repository, repo)
+    config = repo / "preprocess" / "config.pbtxt"
+    config.write_text(re.sub(r'(key: "max_image_bytes"\s*value: \{ string_value: ")\d+', r"\g<1>100", config.read_text()))
+    server = serving.start(repo, tmp_path / "triton.log")
+    try:
+        proc = run("clients.bench", "--url", server.grpc_url, "--concurrency", "1", "--duration", "1", "--warmup", "0", "--out", str(tmp_path / "b"))
+    finally:
+        server.stop()
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "request(s) failed" in proc.stderr and "image too large" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_bench_loadgen_singlestream(triton_server, tmp_path):
     out = tmp_path / "lg"
     proc = run("clients.bench", "--url", triton_server.grpc_url, "--scenario", "singlestream", "--duration", "3", "--out", str(out))

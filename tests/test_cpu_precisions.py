@@ -51,7 +51,8 @@ def test_quantized_model_is_written_and_checked(int8_export):
     assert (version / "model.int8.onnx").is_file() and (version / "model.onnx").is_file()
     manifest = json.loads((version / "export.json").read_text())
     gate = manifest["cpu_precisions"]["int8"]
-    assert gate["passed"] and gate["top1_agreement"] >= check.MIN_AGREEMENT and gate["images"] == 10 + 16, gate
+    assert gate["passed"] and gate["held_back"]["top1_agreement"] >= check.MIN_AGREEMENT and gate["held_back"]["images"] == 10, gate
+    assert gate["photos"]["images"] == 16 and gate["photos"]["top1_agreement"] >= check.PHOTO_FLOOR, gate
     assert manifest["int8"]["calibration_images"] == 16 and "OpenVINO int8 vs fp32" in proc.stdout
     # The paper arch's crops run on uint8 and both LRN divisions became quantized products.
     assert manifest["int8"]["rewrites"] == {"crops_on_uint8": 1, "factors_on_uint8": 2}
@@ -120,7 +121,7 @@ def test_real_calibration_beats_black(varied_ckpt, tmp_path, calibration_folder)
     black = check.agreement(expected, runtimes.openvino(tmp_path / "black.int8.onnx", "int8"), held_back)
     assert good["top1_agreement"] > black["top1_agreement"] and good["max_abs_diff"] < black["max_abs_diff"], (good, black)
     with pytest.raises(check.CheckFailed, match="agrees with fp32"):
-        check.gate("int8", black, accept=False)
+        check.gate("int8", black, black, accept=False)
 
 
 @pytest.mark.parametrize("kind", ["empty", "unreadable", "missing"])

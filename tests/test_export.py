@@ -305,6 +305,38 @@ def test_tensorrt_unavailable_is_exit_3(ckpt_path, tmp_path):
     assert "TensorRT is not available" in line and not (tmp_path / "r").exists()
 
 
+def test_served_config_follows_the_plans_batch_limit(populated_repo):
+    """ALEXNET_MAX_BATCH below 64: Triton refuses a config promising more than the engine's profile."""
+    import re
+
+    from export import repository
+
+    version = populated_repo / "alexnet" / "1"
+    (version / "model.plan").write_bytes(b"an engine")
+    manifest = json.loads((version / "export.json").read_text())
+    manifest["tensorrt"] = {"max_batch": 8, "gpu": "NVIDIA H200", "compute_capability": "9.0", "tensorrt_version": "10.5.0"}
+    (version / "export.json").write_text(json.dumps(manifest))
+    repository.sync_template(populated_repo, 3)
+    batch = lambda path: int(re.search(r"^max_batch_size:\s*(\d+)", path.read_text(), re.M).group(1))
+    assert batch(populated_repo / "alexnet" / "config.pbtxt") == 8
+    assert batch(populated_repo / "classify" / "config.pbtxt") == 8, "the ensemble may not promise more than a step takes"
+    assert batch(populated_repo / "alexnet" / "configs" / "cpu.pbtxt") == 16, "the CPU configs keep their own"
+
+
+def test_tensorrt_11_refuses_implicit_precisions_in_one_line():
+    assert tensorrt_engine.version_problem("10.5.0", fp16=True, int8=True) is None
+    assert tensorrt_engine.version_problem("11.4.0", fp16=False, int8=False) is None
+    assert "no --int8 builder flag" in tensorrt_engine.version_problem("11.4.0", fp16=True, int8=True)
+    assert "no --fp16 builder flag" in tensorrt_engine.version_problem("11.1.0", fp16=True, int8=False)
+
+
+def test_timing_cache_is_per_gpu_and_tensorrt(tmp_path):
+    a = tensorrt_engine.timing_cache_path(tmp_path, "NVIDIA H200", "9.0", "10.5.0")
+    b = tensorrt_engine.timing_cache_path(tmp_path, "NVIDIA A100-SXM4-80GB", "8.0", "10.5.0")
+    c = tensorrt_engine.timing_cache_path(tmp_path, "NVIDIA H200", "9.0", "10.6.0")
+    assert len({a, b, c}) == 3 and a.parent == tmp_path and a.name.startswith(".tensorrt-timing-nvidia-h200-sm9.0-trt10.5.0")
+
+
 @pytest.mark.tensorrt
 @pytest.mark.gpu
 def test_tensorrt_engine_matches_onnxruntime(ckpt_path, tmp_path):
@@ -314,7 +346,10 @@ def test_tensorrt_engine_matches_onnxruntime(ckpt_path, tmp_path):
     repo = tmp_path / "repo"
     proc = run_export(str(ckpt_path), "--repository", str(repo), "--tensorrt", "--fp16", "--max-batch", "8")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (repo / "alexnet" / "1" / "model.plan").is_file() and (repo / ".tensorrt-timing.cache").is_file()
+    assert (repo / "alexnet" / "1" / "model.plan").is_file() and list(repo.glob(".tensorrt-timing-*.cache"))
+    record = json.loads((repo / "alexnet" / "1" / "export.json").read_text())["tensorrt"]
+    assert record["tensorrt_version"] and record["compute_capability"] and record["max_batch"] == 8
+    assert "max_batch_size: 8" in (repo / "alexnet" / "config.pbtxt").read_text()
     assert "TensorRT vs ONNX Runtime" in proc.stdout
 
 

@@ -202,7 +202,8 @@ def test_evaluate_reports_centre_and_10crop(trained_run, fashion_dir):
 
 
 def test_resume_equals_uninterrupted(fashion_dir, tmp_path):
-    common = ["--data", str(fashion_dir), "--preset", "demo", "--train-limit", "32", "--val-limit", "8", "--seed", "3", *FAST]
+    # The paper's plateau schedule: its state does not depend on --epochs, so 1 + 1 epochs equal 2.
+    common = ["--data", str(fashion_dir), "--preset", "demo", "--schedule", "plateau", "--train-limit", "32", "--val-limit", "8", "--seed", "3", *FAST]
     straight, split = tmp_path / "straight", tmp_path / "split"
     from train.cli import cli
 
@@ -214,6 +215,18 @@ def test_resume_equals_uninterrupted(fashion_dir, tmp_path):
     for key, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][key]), f"{key} differs after resume"
     assert len(b["metrics"]) == 2
+
+
+@pytest.mark.slow
+def test_onecycle_resume_with_more_epochs_continues(fashion_dir, tmp_path):
+    """The demo's one-cycle schedule, extended on resume: it goes on from the step reached (no error)."""
+    common = ["--data", str(fashion_dir), "--preset", "demo", "--train-limit", "32", "--val-limit", "8", "--out", str(tmp_path), *FAST]
+    from train.cli import cli
+
+    assert cli([*common, "--epochs", "1"]) == 0
+    assert cli([*common, "--epochs", "2", "--resume"]) == 0
+    rows = checkpoint.load(tmp_path / "checkpoint.pt")["metrics"]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["lr"] > 0
 
 
 @pytest.mark.slow

@@ -40,7 +40,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA; CPUs with AMX or AVX512-BF16)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (the warm-up step pays the compile)")
-    parser.add_argument("--channels-last", action="store_true", help="channels_last (CUDA)")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     parser.add_argument("--json", type=Path, help="write the results here")
     return parser
 

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import sys
 from functools import partial
 from pathlib import Path
@@ -64,6 +65,23 @@ def _explicit_recipe(args: argparse.Namespace) -> dict[str, Any]:
     return {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("recipe.")}
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int):
+    """[5] plateau: lr / 10 when the centre-crop validation error has not improved for ``patience``
+    epochs, at most ``max_reductions`` times (stepped once an epoch).  onecycle (the demo's
+    deviation): 10% linear warm-up to ``lr``, then cosine annealing to ~0 over the run
+    (stepped every batch): a 2-epoch budget never reaches a plateau, and annealing is what
+    turns its last steps into accuracy."""
+    if recipe.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=recipe.lr, total_steps=max(2, recipe.epochs * steps_per_epoch), pct_start=0.1,
+            anneal_strategy="cos", cycle_momentum=False, div_factor=10.0, final_div_factor=100.0,
+        )  # fmt: skip
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=recipe.lr_factor, patience=recipe.patience,
+        min_lr=recipe.lr * recipe.lr_factor**recipe.max_reductions,
+    )  # fmt: skip
+
+
 def _seed_epoch(recipe: Recipe, epoch: int, rank: int) -> torch.Generator:
     """Everything random in epoch ``epoch`` follows from (seed, epoch, rank): resumes are exact."""
     seed = recipe.seed * 1_000_003 + epoch * 1009 + rank
@@ -75,11 +93,26 @@ def _shard(indices: list[int], ctx: distributed.Context) -> list[int]:
     return indices[ctx.rank :: ctx.world_size]
 
 
-def train(args: argparse.Namespace, ctx: distributed.Context) -> dict[str, Any]:
+@dataclasses.dataclass
+class Run:
+    """What the phases of ``train`` hand each other."""
+
+    recipe: Recipe
+    classes: list[str]
+    train_set: Any
+    val_set: Any
+    train_idx: list[int]
+    val_idx: list[int]
+    mean_image: Any = None
+    eigenvalues: Any = None
+    eigenvectors: Any = None
+    state: dict | None = None  # the checkpoint resumed from
+
+
+def resolve_run(args: argparse.Namespace) -> Run:
+    """Phase 1: the recipe (defaults < preset < flags; on resume, the checkpoint's), the data and its subsets."""
     explicit = _explicit_recipe(args)
-    resume_path = None
-    if args.resume is not None:
-        resume_path = Path(args.resume) if args.resume else args.out / CHECKPOINT_NAME
+    resume_path = (Path(args.resume) if args.resume else args.out / CHECKPOINT_NAME) if args.resume is not None else None
     state = checkpoint.load(resume_path) if resume_path else None
     if state:
         saved = Recipe.from_dict(state["recipe"])
@@ -89,9 +122,7 @@ def train(args: argparse.Namespace, ctx: distributed.Context) -> dict[str, Any]:
         recipe = Recipe.from_dict({**saved.to_dict(), **explicit})
     else:
         recipe = resolve(args.preset, **explicit)
-
-    train_set = data.open_split(args.data, "train")
-    val_set = data.open_split(args.data, "val")
+    train_set, val_set = data.open_split(args.data, "train"), data.open_split(args.data, "val")
     classes = list(train_set.classes)
     if list(val_set.classes) != classes:
         raise DataError(f"train and val have different classes: {classes} vs {list(val_set.classes)}")
@@ -102,90 +133,116 @@ def train(args: argparse.Namespace, ctx: distributed.Context) -> dict[str, Any]:
         )
     train_idx = data.subset_indices(len(train_set), recipe.train_limit, recipe.seed) or list(range(len(train_set)))
     val_idx = data.subset_indices(len(val_set), recipe.val_limit, recipe.seed + 1) or list(range(len(val_set)))
+    return Run(recipe, classes, train_set, val_set, train_idx, val_idx, state=state)
 
-    if state:
-        mean_image = state["mean_image"]
-        eigenvalues, eigenvectors = state["pca"]["eigenvalues"], state["pca"]["eigenvectors"]
-    else:
-        stats_idx = train_idx[: recipe.stats_images] if recipe.stats_images else train_idx
-        if ctx.is_main:
-            log.info("training-set statistics over %d images", len(stats_idx))
-            data.compute_stats(train_set, stats_idx, args.out, recipe.workers)
-        distributed.barrier(ctx)  # the other ranks read rank 0's cache
-        mean_np, eval_np, evec_np = data.compute_stats(train_set, stats_idx, args.out, recipe.workers)
-        mean_image = torch.from_numpy(mean_np)
-        eigenvalues, eigenvectors = torch.from_numpy(eval_np), torch.from_numpy(evec_np)
 
+def statistics(run: Run, args: argparse.Namespace, ctx: distributed.Context) -> None:
+    """Phase 2: [2] the mean image and [4.1] the RGB PCA -- from the checkpoint on resume, else
+    computed once by rank 0 (cached) and read by the others."""
+    if run.state:
+        run.mean_image = run.state["mean_image"]
+        run.eigenvalues, run.eigenvectors = run.state["pca"]["eigenvalues"], run.state["pca"]["eigenvectors"]
+        return
+    stats_idx = run.train_idx[: run.recipe.stats_images] if run.recipe.stats_images else run.train_idx
+    if ctx.is_main:
+        log.info("training-set statistics over %d images", len(stats_idx))
+        data.compute_stats(run.train_set, stats_idx, args.out, run.recipe.workers)
+    distributed.barrier(ctx)  # the other ranks read rank 0's cache
+    mean_np, eval_np, evec_np = data.compute_stats(run.train_set, stats_idx, args.out, run.recipe.workers)
+    run.mean_image = torch.from_numpy(mean_np)
+    run.eigenvalues, run.eigenvectors = torch.from_numpy(eval_np), torch.from_numpy(evec_np)
+
+
+def build_model(run: Run, ctx: distributed.Context):
+    """Phase 3: the network (paper init, same seed on every rank), SGD and the schedule, restored on resume."""
+    recipe = run.recipe
     torch.manual_seed(recipe.seed)  # the same initial weights on every rank
-    model = alexnet(recipe.arch, len(classes), dropout=recipe.dropout, init=recipe.init, init_std=recipe.init_std, init_bias=recipe.init_bias)
-    memory_format = accel.memory_format(ctx.device, recipe.channels_last)
-    model = model.to(ctx.device, memory_format=memory_format)
+    model = alexnet(recipe.arch, len(run.classes), dropout=recipe.dropout, init=recipe.init, init_std=recipe.init_std, init_bias=recipe.init_bias)
+    model = model.to(ctx.device, memory_format=accel.memory_format(ctx.device, recipe.channels_last))
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=recipe.lr_factor, patience=recipe.patience,
-        min_lr=recipe.lr * recipe.lr_factor**recipe.max_reductions,
+    steps_per_epoch = math.ceil(math.ceil(len(run.train_idx) / ctx.world_size) / max(1, recipe.batch_size // ctx.world_size))
+    scheduler = make_scheduler(optimizer, recipe, steps_per_epoch)
+    if run.state:
+        model.load_state_dict(run.state["state_dict"])
+        optimizer.load_state_dict(run.state["optimizer"])
+        saved = dict(run.state["scheduler"])
+        if recipe.schedule == "onecycle":
+            # Resuming with another --epochs: continue on the cycle of the new length, from the
+            # step reached (the cycle's shape comes from the new total, the position from the run).
+            saved.pop("total_steps", None)
+            saved.pop("_schedule_phases", None)
+        scheduler.load_state_dict(saved)
+    return model, optimizer, scheduler
+
+
+def save_epoch(run: Run, args: argparse.Namespace, model, optimizer, scheduler, epoch: int, history: list[dict]) -> None:
+    """The checkpoint (atomically), the metrics row and the curves, on rank 0."""
+    payload = checkpoint.build(
+        arch=run.recipe.arch, classes=run.classes, state_dict=model.state_dict(), mean_image=run.mean_image,
+        eigenvalues=run.eigenvalues, eigenvectors=run.eigenvectors, recipe=run.recipe.to_dict(), epoch=epoch,
+        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), metrics=history, rng=torch.get_rng_state(),
     )  # fmt: skip
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    if state:
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history = list(state["metrics"])
-        start_epoch = int(state["epoch"]) + 1
-        log.info("resumed from %s at epoch %d", resume_path, start_epoch)
+    checkpoint.save(args.out / CHECKPOINT_NAME, payload)
+    report.append_jsonl(args.out / "metrics.jsonl", history[-1])
+    report.plot_curves(args.out / "curves.png", history)
+
+
+def train(args: argparse.Namespace, ctx: distributed.Context) -> dict[str, Any]:
+    run = resolve_run(args)
+    statistics(run, args, ctx)
+    model, optimizer, scheduler = build_model(run, ctx)
+    recipe = run.recipe
+    history: list[dict[str, Any]] = list(run.state["metrics"]) if run.state else []
+    start_epoch = int(run.state["epoch"]) + 1 if run.state else 0
+    if run.state:
+        log.info("resumed at epoch %d", start_epoch)
 
     net = accel.compiled(model, recipe.compile)
     if ctx.enabled:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
-    offset, scale = normalisation(recipe.arch, mean_image, recipe.input_scale)
-    offset, scale = offset.to(ctx.device), scale.to(ctx.device)
+    memory_format = accel.memory_format(ctx.device, recipe.channels_last)
+    offset, scale = (t.to(ctx.device) for t in normalisation(recipe.arch, run.mean_image, recipe.input_scale))
     classifier = CropAverage(model, offset, scale, crops=recipe.eval_crops).to(ctx.device)
     autocast = accel.autocast(ctx.device, recipe.amp)
     per_rank_batch = max(1, recipe.batch_size // ctx.world_size)
-    sampler = DistributedSampler(Subset(train_set, train_idx), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=recipe.seed)
+    subset = Subset(run.train_set, run.train_idx)
+    sampler = DistributedSampler(subset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=recipe.seed)
     pin = ctx.device.type == "cuda"
-    train_loader = data.make_loader(Subset(train_set, train_idx), per_rank_batch, sampler, recipe.workers, pin)
-    val_loader = data.make_loader(val_set, per_rank_batch, _shard(val_idx, ctx), recipe.workers, pin)
-
+    train_loader = data.make_loader(subset, per_rank_batch, sampler, recipe.workers, pin)
+    val_loader = data.make_loader(run.val_set, per_rank_batch, _shard(run.val_idx, ctx), recipe.workers, pin)
     if ctx.is_main:
         args.out.mkdir(parents=True, exist_ok=True)
         log.info(
             "%s arch, %d classes, %s parameters; %d train / %d val images; %d rank(s) on %s",
-            recipe.arch, len(classes), f"{count_parameters(model):,}", len(train_idx), len(val_idx), ctx.world_size, ctx.device,
+            recipe.arch, len(run.classes), f"{count_parameters(model):,}", len(run.train_idx), len(run.val_idx), ctx.world_size, ctx.device,
         )  # fmt: skip
     for epoch in range(start_epoch, recipe.epochs):
         generator = _seed_epoch(recipe, epoch, ctx.rank)
         sampler.set_epoch(epoch)
         transform = partial(
-            random_crops, offset=offset, scale=scale, eigenvalues=eigenvalues, eigenvectors=eigenvectors,
+            random_crops, offset=offset, scale=scale, eigenvalues=run.eigenvalues, eigenvectors=run.eigenvectors,
             pca_std=recipe.pca_std, flip=recipe.flip, generator=generator,
         )  # fmt: skip
         lr = optimizer.param_groups[0]["lr"]
-        result = engine.train_one_epoch(net, train_loader, optimizer, transform, ctx, autocast, memory_format, f"epoch {epoch + 1}/{recipe.epochs}")
+        per_step = scheduler.step if recipe.schedule == "onecycle" else None
+        result = engine.train_one_epoch(net, train_loader, optimizer, transform, ctx, autocast, memory_format,
+                                        f"epoch {epoch + 1}/{recipe.epochs}", per_step)  # fmt: skip
         val = engine.evaluate(classifier, val_loader, ctx, autocast, desc="validate")
-        scheduler.step(val["top1_centre_error"])
-        row = {
+        if recipe.schedule == "plateau":
+            scheduler.step(val["top1_centre_error"])
+        history.append({
             "epoch": epoch + 1, "lr": lr, "train_loss": result.loss, "train_error": result.error,
             "train_images": result.images, "train_img_per_s": result.images / result.seconds,
             "skipped": len(result.problems), **{f"val_{k}": v for k, v in val.items()},
-        }  # fmt: skip
-        history.append(row)
+        })  # fmt: skip
         if result.problems:
             shown = "; ".join(result.problems[:10]) + (f"; ... {len(result.problems) - 10} more" if len(result.problems) > 10 else "")
             log.warning("epoch %d: skipped %d unreadable image(s): %s", epoch + 1, len(result.problems), shown)
         if ctx.is_main:
-            payload = checkpoint.build(
-                arch=recipe.arch, classes=classes, state_dict=model.state_dict(), mean_image=mean_image,
-                eigenvalues=eigenvalues, eigenvectors=eigenvectors, recipe=recipe.to_dict(), epoch=epoch,
-                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), metrics=history, rng=torch.get_rng_state(),
-            )  # fmt: skip
-            checkpoint.save(args.out / CHECKPOINT_NAME, payload)
-            report.append_jsonl(args.out / "metrics.jsonl", row)
-            report.plot_curves(args.out / "curves.png", history)
+            save_epoch(run, args, model, optimizer, scheduler, epoch, history)
             log.info(
                 "epoch %d: train loss %.4f err %.3f (%.1f img/s) | val top-1 %.3f top-5 %.3f (centre) | lr %g",
-                epoch + 1, result.loss, result.error, row["train_img_per_s"], val["top1_centre_error"], val["top5_centre_error"], lr,
+                epoch + 1, result.loss, result.error, history[-1]["train_img_per_s"], val["top1_centre_error"], val["top5_centre_error"], lr,
             )  # fmt: skip
         distributed.barrier(ctx)
     digest = distributed.check_replicas(model, ctx)

@@ -34,7 +34,9 @@ def train_one_epoch(
     autocast: Callable[[], contextlib.AbstractContextManager],
     memory_format: torch.memory_format,
     desc: str,
+    after_step: Callable[[], None] | None = None,
 ) -> EpochResult:
+    """One pass over ``loader``; ``after_step`` (a per-step lr schedule) runs after every optimiser step."""
     model.train()
     criterion = nn.CrossEntropyLoss()
     loss_sum, wrong, seen, problems = 0.0, 0, 0, []
@@ -56,6 +58,8 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step()
 
         if n == 0:
             continue

@@ -16,8 +16,15 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
 
 
 def plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
-    """Loss (left) and error (right) against epoch; written atomically."""
-    import matplotlib
+    """Loss (left) and error (right) against epoch; written atomically.  Skipped (with a
+    warning) where matplotlib is not installed: the numbers are in metrics.jsonl."""
+    try:
+        import matplotlib
+    except ImportError:
+        import logging
+
+        logging.getLogger(__name__).warning("matplotlib is not installed: %s not drawn", path.name)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -11,6 +11,11 @@ is decoded, one over ``max_pixels`` (or whose decoded size would pass imaging's
 MAX_DECODE_BYTES) is refused from its header, and a decode holds only its source and
 256x256 working images (imaging/pipeline.py).  With ``decode_threads`` decoding at once, the
 peak is about decode_threads x (MAX_DECODE_BYTES + 1 MB) (README, "Bounded memory").
+
+``decode_device``: ``auto`` decodes the batch's JPEGs on the GPU (nvJPEG, imaging/gpu.py) where
+nvidia-smi shows a GPU and torch/torchvision can use it, else on the CPU; ``cpu`` always on
+the CPU.  Other formats, and JPEGs the GPU path does not take, go through the CPU path, which
+also names the problem of every bad image.
 """
 
 import json
@@ -21,7 +26,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 import imaging
-from contract import IMAGE, IMAGE_BYTES
+from contract import IMAGE, IMAGE_BYTES, gpu
 
 
 class TritonPythonModel:
@@ -32,6 +37,19 @@ class TritonPythonModel:
         self.max_pixels = int(params.get("max_pixels", imaging.MAX_PIXELS))
         self.max_bytes = int(params.get("max_image_bytes", str(64 * 2**20)))
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        self.gpu = None  # imaging.gpu when JPEGs are decoded on the GPU
+        where = params.get("decode_device", "auto")
+        why = "decode_device cpu"
+        if where == "auto":
+            # nvidia-smi first: on a machine without a GPU, torch is never imported here.
+            why = "no GPU visible (nvidia-smi)" if not gpu.visible_gpus() else None
+            if why is None:
+                from imaging import gpu as gpu_decode
+
+                why = gpu_decode.unavailable()
+                self.gpu = None if why else gpu_decode
+        device = "GPU (nvJPEG) for JPEGs, CPU for the rest" if self.gpu else f"CPU ({why})"
+        pb_utils.Logger.log_info(f"{args['model_instance_name']}: decoding on {device}, {threads} CPU thread(s)")
 
     def execute(self, requests):
         rows, owners = [], []
@@ -40,7 +58,7 @@ class TritonPythonModel:
             for item in tensor.reshape(-1):
                 rows.append(item if isinstance(item, bytes) else bytes(item))
                 owners.append(index)
-        results = list(self.pool.map(self._load, rows))
+        results = self._decode(rows)
 
         per_request = [[] for _ in requests]
         for owner, result in zip(owners, results):
@@ -55,6 +73,25 @@ class TritonPythonModel:
             images = np.stack([img for img, _ in results])
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(IMAGE, images)]))
         return responses
+
+    def _decode(self, rows):
+        """(image, None) or (None, why) per row: the GPU for the JPEGs it takes, the CPU for the rest."""
+        results = [None] * len(rows)
+        if self.gpu is not None:
+            plans = [self.gpu.plan(data, self.max_pixels) if len(data) <= self.max_bytes else None for data in rows]
+            picked = [i for i, p in enumerate(plans) if p is not None]
+            try:
+                decoded = self.gpu.load_batch([rows[i] for i in picked], [plans[i] for i in picked])
+            except Exception as exc:  # noqa: BLE001 - a CUDA fault: this batch goes to the CPU
+                pb_utils.Logger.log_warn(f"GPU decode failed ({type(exc).__name__}: {exc}); this batch is decoded on the CPU")
+                decoded = [None] * len(picked)
+            for i, image in zip(picked, decoded):
+                if image is not None:
+                    results[i] = (image, None)
+        rest = [i for i, r in enumerate(results) if r is None]
+        for i, result in zip(rest, self.pool.map(self._load, [rows[i] for i in rest])):
+            results[i] = result
+        return results
 
     def _load(self, data):
         """(image, None) or (None, why): never raises, so one bad image cannot fail the batch."""

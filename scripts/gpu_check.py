@@ -1,0 +1,430 @@
+"""The run step of scripts/gpu_check: batched 10-crop classification on a GPU through a real Triton.
+
+On the GPU machine, from the checkout, with the bundle beside it (scripts/gpu_check bundle):
+
+    python3 scripts/gpu_check.py --bundle .gpu-check --out $OUT            # ~8 minutes on an H200
+    python3 scripts/gpu_check.py --bundle .gpu-check --out /tmp/x --device cpu --quick   # a dry run on a CPU
+
+Steps: train the demo preset on the GPU (AMP, channels_last, bounded time); export the
+TorchScript classifier; serve it with the pytorch config through the wheel's tritonserver
+(alexnet-serve, its python stubs on NumPy 1.26); check parity with the fp32 CPU reference,
+GPU JPEG decode against the CPU pipeline, that dynamic batching forms batches, that a bad
+image is refused while the server stays ready; benchmark in-process (model only, and with
+GPU decode) against served (HTTP, several processes, 8 JPEGs a request) at concurrency 1,
+16 and 64.  Writes OUT/gpu_check.json (and train.log, triton.log); exit 0 when every check
+passed.  Uses only the standard library, NumPy, PyTorch and the project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import tempfile
+import threading
+import time
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+HTTP_PORT = 18600
+GFLOP_PER_CROP = 1.44  # paper AlexNet at 224: ~0.72 G multiply-adds per crop (conv 666 M, fc 55 M)
+H200_BF16_TFLOPS = 790.0  # dense bf16 peak (device README)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def sh(cmd: list[str], timeout: float = 30) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"<{type(exc).__name__}>"
+
+
+# --- the bundle -------------------------------------------------------------------------------------------
+
+
+def unpack(bundle: Path, work: Path) -> dict:
+    """Triton's site folder, a stub venv with NumPy 1.26 first, fallbacks for missing packages."""
+    site = work / "triton"
+    if not site.is_dir():
+        with tarfile.open(bundle / "triton.tar.xz") as tar:
+            tar.extractall(site)
+    wheels = {w.name.split("-")[0].lower(): w for w in (bundle / "wheels").glob("*.whl")}
+    pyver = f"{sys.version_info.major}.{sys.version_info.minor}"
+    venv = work / "stubenv"
+    packages = venv / "lib" / f"python{pyver}" / "site-packages"
+    fallback = work / "fallback"
+    if not packages.is_dir():
+        base = Path(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
+        (venv / "bin").mkdir(parents=True)
+        (venv / "bin" / "python3").symlink_to(base)
+        (venv / "pyvenv.cfg").write_text(f"home = {base.parent}\ninclude-system-site-packages = false\nversion = {sys.version.split()[0]}\n")
+        packages.mkdir(parents=True)
+        zipfile.ZipFile(wheels["numpy"]).extractall(packages)
+        fallback.mkdir(exist_ok=True)
+        for name, module in (("tqdm", "tqdm"), ("pillow", "PIL")):
+            try:
+                __import__(module)
+            except ImportError:
+                zipfile.ZipFile(wheels[name]).extractall(fallback)
+        import site as pysite
+
+        ours = [p for p in pysite.getsitepackages() if Path(p).is_dir()]
+        # The project, then this interpreter's packages (torch, torchvision), then the fallbacks.
+        (packages / "zz_project.pth").write_text(f"{ROOT}\n" + "".join(f"import site; site.addsitedir({p!r})\n" for p in ours) + f"{fallback}\n")
+    libpy = None
+    soname = f"libpython{pyver}.so.1.0"
+    if not Path(sysconfig.get_config_var("LIBDIR") or "", soname).is_file() and soname not in sh(["ldconfig", "-p"]):
+        packed = bundle / f"{soname}.xz"
+        if packed.is_file():
+            import lzma
+
+            (work / "libpy").mkdir(exist_ok=True)
+            (work / "libpy" / soname).write_bytes(lzma.decompress(packed.read_bytes()))
+            libpy = str(work / "libpy")
+    sys.path.append(str(fallback))
+    return {"site": site / "site", "stub_python": venv / "bin" / "python3", "libpy": libpy}
+
+
+# --- a small KServe-v2 HTTP client (the GPU machine has no tritonclient) -------------------------------------
+
+
+class Client:
+    """One keep-alive HTTP connection; ``infer`` sends BYTES or UINT8 with the binary tensor extension."""
+
+    def __init__(self, port: int, timeout: float = 120) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+    def infer(self, model: str, name: str, value, output: str = "PROBS"):
+        import numpy as np
+
+        if isinstance(value, list):
+            blob = b"".join(len(b).to_bytes(4, "little") + b for b in value)
+            spec = {"name": name, "shape": [len(value), 1], "datatype": "BYTES"}
+        else:
+            blob = np.ascontiguousarray(value).tobytes()
+            spec = {"name": name, "shape": list(value.shape), "datatype": "UINT8"}
+        spec["parameters"] = {"binary_data_size": len(blob)}
+        head = json.dumps({"inputs": [spec], "outputs": [{"name": output, "parameters": {"binary_data": True}}]}).encode()
+        self.conn.request("POST", f"/v2/models/{model}/infer", body=head + blob,
+                          headers={"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"})  # fmt: skip
+        response = self.conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {body[:300].decode(errors='replace')}")
+        length = int(response.getheader("Inference-Header-Content-Length", len(body)))
+        out = json.loads(body[:length])["outputs"][0]
+        return np.frombuffer(body[length:], dtype=np.float32).reshape(out["shape"])
+
+    def get(self, path: str) -> dict:
+        self.conn.request("GET", path)
+        response = self.conn.getresponse()
+        return json.loads(response.read() or b"null")
+
+
+def _load_worker(port: int, threads: int, requests: list[list[bytes]], seconds: float) -> tuple[int, int, list[float]]:
+    """One load process: ``threads`` connections sending ``requests`` in turn for ``seconds``."""
+    stop_at = time.perf_counter() + seconds
+    images, errors, latencies, lock = [0], [0], [], threading.Lock()
+
+    def run(k: int) -> None:
+        client, i = Client(port), k
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            try:
+                client.infer("classify", "IMAGE_BYTES", requests[i % len(requests)])
+                with lock:
+                    images[0] += len(requests[i % len(requests)])
+                    latencies.append(time.perf_counter() - t0)
+            except Exception:  # noqa: BLE001 - counted
+                with lock:
+                    errors[0] += 1
+                client = Client(port)
+            i += threads
+
+    pool = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return images[0], errors[0], latencies
+
+
+def served_level(port: int, concurrency: int, requests: list[list[bytes]], seconds: float, processes: int) -> dict:
+    procs = max(1, min(processes, concurrency))
+    per = [concurrency // procs + (1 if k < concurrency % procs else 0) for k in range(procs)]
+    started = time.perf_counter()
+    with ProcessPoolExecutor(procs) as pool:
+        results = list(pool.map(_load_worker, [port] * procs, per, [requests] * procs, [seconds] * procs))
+    wall = time.perf_counter() - started
+    images = sum(r[0] for r in results)
+    latencies = sorted(x for r in results for x in r[2])
+    pick = lambda q: round(1e3 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1) if latencies else None
+    return {"concurrency": concurrency, "processes": procs, "images_per_request": len(requests[0]), "images_per_s": round(images / seconds, 1),
+            "wall_s": round(wall, 1), "errors": sum(r[1] for r in results), "p50_ms": pick(0.5), "p99_ms": pick(0.99)}  # fmt: skip
+
+
+# --- the check --------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, default=ROOT / ".gpu-check")
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "gpu-check")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "gpu-check-work")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a dry run of the flow on a CPU")
+    parser.add_argument("--train-seconds", type=float, default=150, help="training's bound (it stops after the epoch that passes it)")
+    parser.add_argument("--level-seconds", type=float, default=15)
+    args = parser.parse_args()
+    args.bundle, args.out = args.bundle.resolve(), args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    report: dict = {"checks": {}}
+    paths = unpack(args.bundle, args.work)
+    sys.path.insert(0, str(paths["site"]))
+    import numpy as np
+    import torch
+
+    import imaging
+    from contract import runtimes
+    from imaging import gpu as gpu_decode
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    report["env"] = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__, "device": device,
+                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "cpus": os.cpu_count(),
+                     "nvidia_smi": sh(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]),
+                     "gpu_decode": gpu_decode.unavailable() or "available"}  # fmt: skip
+    log(f"env: {report['env']}")
+    n_test, epochs, limit, workers = (64, 1, 256, 2) if args.quick else (2000, 2, 12000, min(12, os.cpu_count() or 4))
+
+    # 1. train, bounded (the loader's workers decode; AMP + channels_last on CUDA)
+    run = args.work / "run"
+    shutil.rmtree(run, ignore_errors=True)
+    cmd = [sys.executable, "-m", "train", "--data", str(args.bundle / "fmnist"), "--out", str(run), "--preset", "demo",
+           "--epochs", str(epochs), "--train-limit", str(limit), "--val-limit", "1000" if not args.quick else "64",
+           "--stats-images", "4000" if not args.quick else "128", "--workers", str(workers), "--device", device]  # fmt: skip
+    if device == "cuda":
+        cmd += ["--amp", "--channels-last"]
+    started = time.perf_counter()
+    with open(args.out / "train.log", "w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, timeout=args.train_seconds + 120)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").is_file() else []
+    report["train"] = {"rc": proc.returncode, "seconds": round(time.perf_counter() - started, 1), "epochs": rows}
+    if proc.returncode != 0:
+        return finish(report, args, t0, "training failed: see train.log")
+    log(f"train: {report['train']['seconds']} s, {[round(r['train_img_per_s'], 1) for r in rows]} img/s")
+
+    # 2. export the TorchScript classifier into a served repository
+    served = args.work / "served"
+    shutil.rmtree(served, ignore_errors=True)
+    exp = subprocess.run([sys.executable, "-m", "export", str(run / "checkpoint.pt"), "--repository", str(served), "--formats", "torchscript"],
+                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    report["export"] = {"rc": exp.returncode, "stdout": exp.stdout[-800:], "stderr": exp.stderr[-800:]}
+    if exp.returncode != 0:
+        return finish(report, args, t0, "export failed")
+    model_pt = served / "alexnet" / "1" / "model.pt"
+
+    # 3. test images: Fashion-MNIST PNGs (labelled), and JPEG photos at ImageNet-like sizes
+    from PIL import Image
+
+    from train import data
+
+    test = data.open_split(str(args.bundle / "fmnist"), "val")
+    idx = np.random.default_rng(1).permutation(len(test))[:n_test]
+    pngs, labels = [], np.array([int(test.labels[i]) for i in idx])
+    for i in idx:
+        buffer = io.BytesIO()
+        Image.fromarray(test.images[i], "L").save(buffer, "PNG")
+        pngs.append(buffer.getvalue())
+    jpegs = []
+    for k, photo in enumerate(imaging.sample_photographs()):
+        img = Image.open(photo).convert("RGB")
+        for j, size in enumerate([(500, 375), (375, 500), (640, 480), (800, 600), (1024, 768), (333, 500)] * 3):
+            view = img.rotate(3 * j, expand=False).resize(size)
+            buffer = io.BytesIO()
+            view.save(buffer, "JPEG", quality=90)
+            jpegs.append(buffer.getvalue())
+    cpu_ref = runtimes.pytorch(model_pt, "cpu", "f32", max_images_per_run=16)
+    ref_png = cpu_ref(np.stack([imaging.load(b) for b in pngs]))
+    ref_jpeg = cpu_ref(np.stack([imaging.load(b) for b in jpegs]))
+    report["reference"] = {"device": "cpu fp32 (TorchScript)", "top1_10crop": float((ref_png.argmax(1) == labels).mean()), "images": len(pngs)}
+    log(f"reference: {report['reference']}")
+
+    # 4. GPU decode against the CPU pipeline (pixels), in-process
+    if gpu_decode.unavailable() is None:
+        plans = [gpu_decode.plan(b, imaging.MAX_PIXELS) for b in jpegs]
+        got = gpu_decode.load_batch(jpegs, plans)
+        diffs = [np.abs(g.astype(int) - imaging.load(b).astype(int)) for g, b in zip(got, jpegs) if g is not None]
+        report["checks"]["gpu_decode_pixels"] = {"images": len(diffs), "of": len(jpegs), "mean_abs": round(float(np.mean([d.mean() for d in diffs])), 3),
+                                                 "max_abs": int(max(d.max() for d in diffs)), "tolerance_mean": gpu_decode.MEAN_TOLERANCE}  # fmt: skip
+        c = report["checks"]["gpu_decode_pixels"]
+        c["ok"] = c["images"] == len(jpegs) and c["mean_abs"] <= gpu_decode.MEAN_TOLERANCE
+    else:
+        report["checks"]["gpu_decode_pixels"] = {"skipped": gpu_decode.unavailable(), "ok": device == "cpu"}
+
+    # 5. serve with the pytorch config (the stubs on NumPy 1.26), then the served checks
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(paths["site"]), str(ROOT)])}
+    if paths["libpy"]:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [env.get("LD_LIBRARY_PATH"), paths["libpy"]]))
+    serve = subprocess.Popen([str(paths["stub_python"]), "-m", "server", "--repository", str(served), "--config", "pytorch",
+                              "--http-port", str(HTTP_PORT), "--grpc-port", str(HTTP_PORT + 1), "--metrics-port", str(HTTP_PORT + 2),
+                              "--health-interval", "0", "--log-file", str(args.out / "triton.log")],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    ready = False
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and serve.poll() is None:
+        line = serve.stdout.readline()
+        if "ready." in line:
+            ready = True
+            break
+    report["server"] = {"ready": ready, "start_to_ready_s": round(time.perf_counter() - t0, 1)}
+    if not ready:
+        report["server"]["output"] = serve.stdout.read()[-2000:] if serve.poll() is not None else ""
+        _stop(serve)
+        return finish(report, args, t0, "the server did not become ready")
+    threading.Thread(target=serve.stdout.read, daemon=True).start()
+    try:
+        served_checks(report, args, pngs, jpegs, labels, ref_png, ref_jpeg)
+        benchmarks(report, args, model_pt, device, jpegs)
+    except Exception as exc:  # noqa: BLE001 - keep what was measured
+        report["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        report["server"]["exit"] = _stop(serve)
+    return finish(report, args, t0)
+
+
+def served_checks(report: dict, args, pngs, jpegs, labels, ref_png, ref_jpeg) -> None:
+    import numpy as np
+
+    client = Client(HTTP_PORT)
+    before = client.get("/v2/models/alexnet/stats")["model_stats"][0]
+    spans = [(i, min(i + 8, len(pngs))) for i in range(0, len(pngs), 8)]
+    results: dict[int, np.ndarray] = {}
+    lock = threading.Lock()
+
+    def send(worker: int) -> None:
+        mine = Client(HTTP_PORT)
+        for a, b in spans[worker::16]:
+            probs = mine.infer("classify", "IMAGE_BYTES", pngs[a:b])
+            with lock:
+                results[a] = probs
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    served = np.concatenate([results[a] for a, _ in spans])
+    after = client.get("/v2/models/alexnet/stats")["model_stats"][0]
+    inferences = int(after["inference_count"]) - int(before["inference_count"])
+    executions = int(after["execution_count"]) - int(before["execution_count"])
+    agree = float((served.argmax(1) == ref_png.argmax(1)).mean())
+    report["checks"]["served_parity"] = {"images": len(served), "top1_agreement": agree, "max_abs_diff": float(np.abs(served - ref_png).max()),
+                                         "served_top1_accuracy": float((served.argmax(1) == labels).mean()), "ok": agree >= 0.995}  # fmt: skip
+    report["checks"]["dynamic_batching"] = {"inferences": inferences, "executions": executions, "avg_batch": round(inferences / max(executions, 1), 2),
+                                            "ok": inferences / max(executions, 1) > 8.0}  # fmt: skip
+    jpeg_served = np.concatenate([client.infer("classify", "IMAGE_BYTES", jpegs[i : i + 8]) for i in range(0, len(jpegs), 8)])
+    jagree = float((jpeg_served.argmax(1) == ref_jpeg.argmax(1)).mean())
+    report["checks"]["served_jpeg_vs_cpu_decode"] = {"images": len(jpegs), "top1_agreement": jagree,
+                                                     "max_abs_diff": float(np.abs(jpeg_served - ref_jpeg).max()), "ok": jagree >= 0.9}  # fmt: skip
+    try:
+        client.infer("classify", "IMAGE_BYTES", [pngs[0], b"not an image", pngs[1]])
+        refused = False
+    except RuntimeError as exc:
+        refused = "400" in str(exc) and "not a recognised image format" in str(exc)
+    ready = Client(HTTP_PORT).conn
+    ready.request("GET", "/v2/health/ready")
+    report["checks"]["bad_image"] = {"refused_with_reason": refused, "ready_after": ready.getresponse().status == 200}
+    report["checks"]["bad_image"]["ok"] = all(report["checks"]["bad_image"].values())
+    log(f"checks: { {k: v.get('ok') for k, v in report['checks'].items()} }")
+
+
+def benchmarks(report: dict, args, model_pt: Path, device: str, jpegs: list[bytes]) -> None:
+    import numpy as np
+    import torch
+
+    import imaging
+    from contract import runtimes
+    from imaging import gpu as gpu_decode
+
+    bench: dict = {}
+    batch = 8 if args.quick else 64
+    model = runtimes.pytorch(model_pt, device)
+    x = np.random.default_rng(0).integers(0, 256, (batch, 3, 256, 256), dtype=np.uint8)
+
+    def timed(fn, seconds: float) -> float:
+        fn()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        n, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            fn()
+            n += batch
+        return n / (time.perf_counter() - started)
+
+    rate = timed(lambda: model(x), args.level_seconds / 3)
+    crops = 10
+    bench["inprocess_model_only"] = {"batch": batch, "images_per_s": round(rate, 1), "precision": model.precision,
+                                     "tflops": round(rate * crops * GFLOP_PER_CROP / 1e3, 1),
+                                     "fraction_of_bf16_peak": round(rate * crops * GFLOP_PER_CROP / 1e3 / H200_BF16_TFLOPS, 4)}  # fmt: skip
+    pipeline_jpegs = [jpegs[i % len(jpegs)] for i in range(batch)]
+    if gpu_decode.unavailable() is None:
+        plans = [gpu_decode.plan(b, imaging.MAX_PIXELS) for b in pipeline_jpegs]
+        decode = lambda: np.stack(gpu_decode.load_batch(pipeline_jpegs, plans))
+    else:
+        decode = lambda: np.stack([imaging.load(b) for b in pipeline_jpegs])
+    rate = timed(lambda: model(decode()), args.level_seconds / 3)
+    bench["inprocess_with_decode"] = {"batch": batch, "images_per_s": round(rate, 1), "decode": "gpu" if gpu_decode.unavailable() is None else "cpu"}
+    log(f"in-process: {bench['inprocess_model_only']}, {bench['inprocess_with_decode']}")
+    requests = [[jpegs[(i + k) % len(jpegs)] for k in range(8)] for i in range(len(jpegs))]
+    processes = max(1, min(16, (os.cpu_count() or 4) - 2))
+    bench["served"] = []
+    for concurrency in (1, 4) if args.quick else (1, 16, 64):
+        level = served_level(HTTP_PORT, concurrency, requests, args.level_seconds, processes)
+        level["gpu_memory"] = sh(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader"])
+        bench["served"].append(level)
+        log(f"served: {level}")
+    best = max(level["images_per_s"] for level in bench["served"])
+    bench["served_vs_inprocess_with_decode"] = round(best / max(bench["inprocess_with_decode"]["images_per_s"], 1e-9), 3)
+    report["bench"] = bench
+
+
+def _stop(proc: subprocess.Popen) -> int | None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
+def finish(report: dict, args, t0: float, error: str | None = None) -> int:
+    if error:
+        report["error"] = error
+    report["total_s"] = round(time.perf_counter() - t0, 1)
+    report["ok"] = "error" not in report and bool(report["checks"]) and all(c.get("ok") for c in report["checks"].values())
+    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(json.dumps(report, indent=2, default=str)[-6000:], flush=True)
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
