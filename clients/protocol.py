@@ -40,9 +40,12 @@ class ServerError(Exception):
 
 # Triton's error codes as each protocol reports them (grpc: the status code's name; HTTP:
 # the status, which Triton 2.51 maps from the same codes: INVALID_ARG 400, NOT_FOUND 404,
-# INTERNAL 500, UNAVAILABLE 503).
+# INTERNAL 500, UNAVAILABLE 503).  NOT_FOUND is what a stopping or restarting Triton answers
+# while its models unload ("has no available versions"): a model the client found at its
+# start (Classifier checks it) that is gone now is coming back, so it is retried too.
 _KINDS = {
     "INVALID_ARGUMENT": "refused", "400": "refused",
+    "NOT_FOUND": "unavailable", "404": "unavailable",
     "UNAVAILABLE": "unavailable", "INTERNAL": "unavailable", "DEADLINE_EXCEEDED": "unavailable",
     "RESOURCE_EXHAUSTED": "unavailable", "ABORTED": "unavailable", "CANCELLED": "unavailable",
     "500": "unavailable", "502": "unavailable", "503": "unavailable", "504": "unavailable",

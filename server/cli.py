@@ -79,7 +79,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--health-interval", type=float, default=10.0, help="seconds between health checks (a real request); 0 = off")
     parser.add_argument("--health-failures", type=int, default=3, help="failed checks in a row that make Triton restart")
     parser.add_argument("--max-restarts", type=int, default=3, help="restarts before alexnet-serve gives up and exits 1")
-    parser.add_argument("--drain-timeout", type=float, default=30.0, help="on stop, seconds to let requests in flight finish")
+    parser.add_argument("--drain-timeout", type=float, default=3.0,
+                        help="on stop, seconds the requests in flight get to finish (Triton's --exit-timeout-secs; a CPU batch takes < 2 s)")  # fmt: skip
     parser.add_argument("--log-file", type=Path, help="Triton's log (default: a temporary file, shown on failure)")
     parser.add_argument("-v", "--verbose", action="store_true", help="stream Triton's log to stderr")
     return parser
@@ -175,16 +176,6 @@ def _error_lines(log_path: Path, since: int = 0, limit: int = 20) -> list[str]:
     return (hits or lines)[-limit:]
 
 
-def _in_flight(metrics_url: str) -> float | None:
-    """Requests queued or executing, from Triton's metrics (None when unreadable)."""
-    try:
-        with urllib.request.urlopen(f"http://{metrics_url}/metrics", timeout=2) as response:
-            text = response.read().decode("utf-8", "replace")
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-        return None
-    return sum(float(m.group(1)) for m in re.finditer(r"^nv_inference_pending_request_count\{[^}]*\} (\S+)$", text, re.M))
-
-
 class Process:
     """One tritonserver: started in its own session (Ctrl-C reaches alexnet-serve, which stops it in order)."""
 
@@ -199,27 +190,25 @@ class Process:
         self.pump.join(timeout=2 if self.proc.poll() is not None else 0)
         return _error_lines(self.log_path, self.log_start)
 
-    def stop(self, metrics_url: str | None, drain: float) -> int:
-        """Let requests in flight finish (up to ``drain`` s), then SIGTERM: Triton unloads and exits.
+    def stop(self, drain: float) -> int:
+        """SIGTERM: Triton refuses new requests, lets those in flight finish (up to its exit
+        timeout, ``--drain-timeout``), unloads the models and exits.
 
-        Triton's own stop also waits for idle keep-alive HTTP connections, up to its exit timeout
-        (3 s here, ``triton.EXIT_TIMEOUT_S``), and then exits 1 although nothing was lost; having
-        drained the requests ourselves, that is a clean stop."""
-        deadline = time.monotonic() + drain
-        while metrics_url and self.proc.poll() is None and time.monotonic() < deadline:
-            pending = _in_flight(metrics_url)
-            if not pending:
-                break
-            time.sleep(0.1)
+        Triton 2.51's stop first waits, up to the same timeout, for its HTTP connections to
+        close -- idle keep-alive connections among them -- and the models' unloading then has
+        no time left: it exits 1 ("Exit timeout expired") though nothing was lost.  When its
+        last count shows no model version with inferences in flight, that is a clean stop."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            code = self.proc.wait(timeout=triton.EXIT_TIMEOUT_S + 30)
+            code = self.proc.wait(timeout=drain + 30)
         except subprocess.TimeoutExpired:
             code = None
         self.reap()
         if code not in (0, None) and "Exit timeout expired" in self.log_text():
-            return 0  # only idle connections were left when the exit timeout ran out
+            counts = re.findall(r"Timeout \d+: Found (\d+) model versions that have in-flight inferences", self.log_text())
+            if counts and counts[-1] == "0":
+                return 0
         return 1 if code is None else code
 
     def log_text(self) -> str:
@@ -286,8 +275,9 @@ def serve(args: argparse.Namespace) -> int:
         server = triton.prepare_wheel_backends(server, workdir)
         config, why = choose_config(args.config, repository, triton.backends(server), gpu.visible_gpus(), gpu.libnvinfer_version())
         check_repository(repository, config)
-        cmd = triton.command(server, repository, CONFIGS[config].model_config_name, args.host, args.http_port, args.grpc_port, args.metrics_port)
-        http_url, metrics_url = f"{_probe_host(args.host)}:{args.http_port}", f"{_probe_host(args.host)}:{args.metrics_port}"
+        cmd = triton.command(server, repository, CONFIGS[config].model_config_name, args.host, args.http_port, args.grpc_port,
+                             args.metrics_port, exit_timeout=max(1, round(args.drain_timeout)))  # fmt: skip
+        http_url = f"{_probe_host(args.host)}:{args.http_port}"
 
         def on_signal(signum, _frame):
             stop.set()
@@ -300,9 +290,10 @@ def serve(args: argparse.Namespace) -> int:
         while True:
             process = Process(cmd, triton.environment(server), log_path, args.verbose)
             if not _wait_ready(process.proc, http_url, args.ready_timeout, stop):
-                if stop.is_set():
-                    process.reap()
-                    return 0
+                if stop.is_set():  # asked to stop while Triton was still starting
+                    code = process.stop(args.drain_timeout)
+                    print(f"alexnet-serve: stopped (Triton exit code {code})", flush=True)
+                    return 0 if code == 0 else 1
                 reason = "exited" if process.proc.poll() is not None else f"was not ready after {args.ready_timeout:.0f} s"
                 process.reap()
                 print(f"alexnet-serve: Triton {reason}; its errors:", file=sys.stderr)
@@ -318,7 +309,7 @@ def serve(args: argparse.Namespace) -> int:
                 print(f"alexnet-serve: ready again after restart {restarts} of {args.max_restarts}", flush=True)
             outcome = _watch(process, stop, http_url, args)
             if outcome == "stop":
-                code = process.stop(metrics_url, args.drain_timeout)
+                code = process.stop(args.drain_timeout)
                 print(f"alexnet-serve: stopped (Triton exit code {code})", flush=True)
                 return 0 if code == 0 else 1
             if outcome == "exited":

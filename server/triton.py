@@ -119,9 +119,8 @@ def command(
         "--allow-metrics=true",
         f"--metrics-address={host}",
         f"--metrics-port={metrics_port}",
-        # Triton's stop waits this long for in-flight requests (and idle keep-alive HTTP
-        # connections, which it cannot tell apart); alexnet-serve waits for the in-flight
-        # requests itself first (server/cli.py), so this only cuts idle connections short.
+        # Triton's stop waits this long for requests in flight -- and for idle keep-alive HTTP
+        # connections, which would otherwise hold every stop for its default 30 s.
         f"--exit-timeout-secs={exit_timeout}",
     ]
     if config_name:

@@ -279,8 +279,9 @@ def test_label_usage_errors(triton_server, tmp_path):
 @pytest.mark.slow
 def test_label_survives_a_server_restart(served_repository, photo_path, tmp_path):
     """Stop and restart Triton in the middle of a run: the output ends with every image exactly once."""
-    root, images = make_folder(tmp_path / "photos", photo_path, n=40)
+    root, images = make_folder(tmp_path / "photos", photo_path, n=300)
     (root / "b" / "broken.jpg").unlink()
+    (root / "a" / "fake.jpg").unlink()
     http, grpc, metrics = serving.free_ports(3)
 
     def start():
@@ -298,7 +299,7 @@ def test_label_survives_a_server_restart(served_repository, photo_path, tmp_path
     wait_ready(server)
     out = tmp_path / "labels.jsonl"
     label = subprocess.Popen([sys.executable, "-m", "clients.label", str(root), "--recursive", "--out", str(out),
-                              "--url", f"127.0.0.1:{grpc}", "--concurrency", "2", "--retry-timeout", "240", "--no-progress"],
+                              "--url", f"127.0.0.1:{grpc}", "--concurrency", "1", "--retry-timeout", "240", "--no-progress"],
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
@@ -402,3 +403,19 @@ def test_bench_loadgen_singlestream(triton_server, tmp_path):
     assert "SingleStream" in summary and ("Result is : VALID" in summary or "Result is : INVALID" in summary)
     assert "90th percentile latency" in summary or "90.00 percentile latency" in summary
     assert "Result is" in proc.stdout, "LoadGen's summary is printed"
+
+
+@pytest.mark.parametrize(
+    "status, kind",
+    [("400", "refused"), ("StatusCode.INVALID_ARGUMENT", "refused"), ("500", "unavailable"), ("StatusCode.INTERNAL", "unavailable"),
+     ("503", "unavailable"), ("StatusCode.UNAVAILABLE", "unavailable"), ("404", "unavailable"), ("StatusCode.NOT_FOUND", "unavailable"),
+     ("StatusCode.UNIMPLEMENTED", "other")],
+)
+def test_error_kinds_come_from_status_codes(status, kind):
+    """Whether a failure is retried is decided by the code each protocol reports, not by the message."""
+    from tritonclient.utils import InferenceServerException
+
+    from clients.protocol import _translate
+
+    error = _translate(InferenceServerException("a message that says nothing useful", status=status), "127.0.0.1:8001", "classify")
+    assert error.kind == kind, (status, error.kind)

@@ -174,7 +174,7 @@ def test_a_precision_the_gate_did_not_pass_is_refused(tmp_path):
     (tmp_path / "export.json").write_text(json.dumps({"cpu_precisions": {"bf16": {"skipped": "this CPU has neither AMX nor AVX512-BF16"}}}))
     with pytest.raises(runtimes.RuntimeUnavailable, match="bf16 is not served .* neither AMX"):
         runtimes.cpu_precision_for(tmp_path, "bf16")
-    assert runtimes.cpu_precision_for(tmp_path, "auto", AMX) == ("f32", "f32: bf16 not gated at export")
+    assert runtimes.cpu_precision_for(tmp_path, "auto", AMX) == ("f32", "f32: bf16 not gated at export; no gated int8 model")
 
 
 # --- every CPU config through the real Triton -----------------------------------------------------------
