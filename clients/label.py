@@ -133,16 +133,16 @@ class Output:
             self.fh.flush()
 
     def _rows(self, text: str) -> list[tuple[str, str, str]]:
-        """(path, error, the row's own text) per row."""
+        """(path, error, the row written back) per row.  CSV is parsed as CSV, not by lines: a
+        quoted file name may hold a newline; its rows are written back by the csv module."""
         if self.kind == "csv":
-            lines = text.splitlines(keepends=True)
-            if not lines:
-                return []
-            rows = []
-            for line, row in zip(lines[1:], csv.reader(lines[1:])):
+            out = []
+            for row in list(csv.reader(io.StringIO(text, newline="")))[1:]:
                 if row:
-                    rows.append((row[0], row[3] if len(row) > 3 else "", line))
-            return rows
+                    line = io.StringIO()
+                    csv.writer(line).writerow(row)
+                    out.append((row[0], row[3] if len(row) > 3 else "", line.getvalue()))
+            return out
         out = []
         for line in text.splitlines(keepends=True):
             if line.strip():
@@ -159,7 +159,11 @@ class Output:
         self.done = {p for p, _, _ in kept}
         self.failed_kept = sum(1 for r in kept if r[1])
         if len(kept) != len(rows) or cut < len(data):
-            header = text.splitlines(keepends=True)[0] if self.kind == "csv" and text else ""
+            header = ""
+            if self.kind == "csv":
+                buffer = io.StringIO()
+                csv.writer(buffer).writerow(self.FIELDS)
+                header = buffer.getvalue()
             files.atomic_write(self.path, (header + "".join(line for _, _, line in kept)).encode("utf-8", NAME_ERRORS))
 
     def write(self, result: Result) -> None:
