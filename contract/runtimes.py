@@ -171,7 +171,11 @@ def pytorch(path: str | os.PathLike, device: str = "auto", precision: str = "aut
     dtypes = {"f32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision not in dtypes:
         raise ValueError(f"precision must be one of {', '.join(dtypes)}, got {precision!r}")
-    module = torch.jit.load(str(path), map_location=device).eval()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice (export/torchscript.py says why)
+        module = torch.jit.load(str(path), map_location=device).eval()
     dev = torch.device(device)
     autocast = dict(device_type=dev.type, dtype=dtypes[precision] or torch.float32, enabled=dtypes[precision] is not None)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import imaging
 from contract import cpu, files, runtimes
 from export import check, onnx_graph, source
 from train.transforms import normalisation
@@ -66,7 +67,7 @@ def _source(args: argparse.Namespace) -> source.Source:
 
     torch.manual_seed(0)
     net = alexnet(args.arch, args.classes, init="kaiming").eval()
-    offset, scale = normalisation(args.arch, np.full((3, 256, 256), 114.0, np.float32), 1 / 64)
+    offset, scale = normalisation(args.arch, np.full((3, imaging.SIZE, imaging.SIZE), 114.0, np.float32), 1 / 64)
     return source.Source(args.arch, [str(i) for i in range(args.classes)], net, offset, scale, f"random {args.arch}")
 
 
@@ -102,7 +103,7 @@ def main(args: argparse.Namespace) -> int:
         onnx_graph.write(classifier, folder / runtimes.FILES["f32"], len(src.classes), {})
         timed = runtimes_to_time(args, classifier, folder, threads)
         for n in [int(b) for b in args.batch_sizes.split(",")]:
-            batch = np.random.default_rng(n).integers(0, 256, (n, 3, 256, 256), dtype=np.uint8)
+            batch = np.random.default_rng(n).integers(0, 256, (n, 3, imaging.SIZE, imaging.SIZE), dtype=np.uint8)
             results = {name: measure(run, batch, args.seconds, args.warmup) for name, run in timed.items()}
             base = results["onnxruntime-f32"]["images_per_s"]
             for name, r in results.items():

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import imaging
-from export.onnx_graph import with_fast_lrn
+from export.lrn import with_fast_lrn
 from train.transforms import CropAverage
 
 
@@ -29,5 +29,8 @@ def write(classifier: CropAverage, path: Path) -> None:
     example = torch.zeros((2, 3, imaging.SIZE, imaging.SIZE), dtype=torch.uint8)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # PyTorch 2.14 marks TorchScript deprecated; it is still the one format that loads across
+        # PyTorch versions and in Triton's libtorch backend (module doc), so the notice is noise here.
+        warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(with_fast_lrn(classifier).eval(), example, check_trace=False)
     traced.save(str(path))

@@ -358,7 +358,7 @@ def test_exported_lrn_equals_pytorchs(size, beta):
     """The banded-convolution LRN written into the ONNX graph computes PyTorch's LRN exactly."""
     from torch import nn
 
-    from export.onnx_graph import ChannelWindowLRN
+    from export.lrn import ChannelWindowLRN
 
     torch.manual_seed(0)
     x = torch.relu(torch.randn(2, 12, 9, 9, dtype=torch.float64) * 40)

@@ -67,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
     net = accel.compiled(model, args.compile)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     criterion = torch.nn.CrossEntropyLoss()
-    offset, scale = (t.to(ctx.device) for t in normalisation("paper", np.full((3, 256, 256), 114.0, np.float32)))
+    offset, scale = (t.to(ctx.device) for t in normalisation("paper", np.full((3, imaging.SIZE, imaging.SIZE), 114.0, np.float32)))
     augment = partial(random_crops, offset=offset, scale=scale, eigenvalues=torch.tensor([0.02, 0.005, 0.001]),
                       eigenvectors=torch.eye(3), pca_std=0.1, flip=True, generator=torch.Generator().manual_seed(0))  # fmt: skip
     autocast = accel.autocast(ctx.device, args.amp)

@@ -25,9 +25,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 import contract
+import imaging
 from contract import cpu, runtimes
 
-SHAPE = (3, 256, 256)  # imaging.SIZE; the config's dims say the same and Triton checks them first
+SHAPE = (3, imaging.SIZE, imaging.SIZE)  # the config's dims say the same, and Triton checks them first
 
 
 def _threads(config: dict, params: dict) -> int:
