@@ -6,7 +6,7 @@
 #   DEMO_TRAIN_ARGS   alexnet-train flags: the CPU budget        (below)
 #   DEMO_EXPORT_ARGS  extra alexnet-export flags                 (INT8 and its gates, below)
 #   DEMO_IMAGES       test images labelled through the server    (1000)
-#   DEMO_BENCH_S      seconds per benchmark level                (6)
+#   DEMO_BENCH_S      seconds per benchmark level                (5)
 #   DEMO_HTTP_PORT / DEMO_GRPC_PORT / DEMO_METRICS_PORT           (8000 / 8001 / 8002)
 #   DEMO_REPOSITORY   the served repository                      (served, alexnet-export's default)
 #   DEMO_KEEP_SERVING 0 to stop after the report (used by the test of this script)
@@ -15,14 +15,14 @@ cd "$(dirname "$0")/.."
 bin=.venv/bin
 out=${DEMO_OUT:-runs/demo}
 data=${DEMO_DATA:-fashion-mnist}
-# The demo's budget (~15 min on 2 cores, docs/RESULTS.md): one pass over 21,000 Fashion-MNIST
+# The demo's budget (~15 min on 2 cores, docs/RESULTS.md): one pass over 20,000 Fashion-MNIST
 # images with the demo preset (one-cycle schedule), bf16 autocast where the CPU has it natively,
 # torch.compile and channels_last.  Longer: DEMO_TRAIN_ARGS="--preset demo --epochs 10 --amp
 # --compile --channels-last"; on a GPU: --device cuda --amp --channels-last.
-train_args=${DEMO_TRAIN_ARGS:---preset demo --epochs 1 --train-limit 21000 --val-limit 500 --stats-images 2000 --amp --compile --channels-last}
+train_args=${DEMO_TRAIN_ARGS:---preset demo --epochs 1 --train-limit 20000 --val-limit 500 --stats-images 2000 --amp --compile --channels-last}
 export_args=${DEMO_EXPORT_ARGS:---int8 --calibration-images 128 --gate-images 200}
 n_images=${DEMO_IMAGES:-1000}
-bench_s=${DEMO_BENCH_S:-6}
+bench_s=${DEMO_BENCH_S:-5}
 http=${DEMO_HTTP_PORT:-8000}; grpc=${DEMO_GRPC_PORT:-8001}; metrics=${DEMO_METRICS_PORT:-8002}
 repo=${DEMO_REPOSITORY:-served}
 mkdir -p "$out"
@@ -59,7 +59,7 @@ $bin/alexnet-label "$out/test-images" --recursive --out "$out/labels-10crop.csv"
 $bin/python -m clients.accuracy "$out/labels-10crop.csv" --labels "$repo/alexnet/labels.txt" > "$out/served-accuracy.json"
 
 say "5/5 latency benchmark (served vs in-process, JPEG in)"
-$bin/alexnet-bench --url "127.0.0.1:$grpc" --concurrency 1,8 --duration "$bench_s" --warmup 2 --inprocess \
+$bin/alexnet-bench --url "127.0.0.1:$grpc" --concurrency 1,8 --duration "$bench_s" --warmup 1 --inprocess \
     --repository "$repo" --images "$out/test-images" --out "$out/bench"
 
 say "report"

@@ -96,7 +96,7 @@ def unpack(bundle: Path, work: Path) -> dict:
             (work / "libpy" / soname).write_bytes(lzma.decompress(packed.read_bytes()))
             libpy = str(work / "libpy")
     sys.path.append(str(fallback))
-    return {"site": site / "site", "stub_python": venv / "bin" / "python3", "libpy": libpy}
+    return {"site": site / "site", "stub_python": venv / "bin" / "python3", "libpy": libpy, "fallback": fallback}
 
 
 # --- a small KServe-v2 HTTP client (the GPU machine has no tritonclient) -------------------------------------
@@ -221,11 +221,16 @@ def main() -> int:
     if device == "cuda":
         cmd += ["--amp", "--channels-last"]
     started = time.perf_counter()
+    # The project and the fallback packages (tqdm, Pillow where missing) for the stages run as subprocesses.
+    stage_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(paths["fallback"])])}
     with open(args.out / "train.log", "w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, timeout=args.train_seconds + 120)
+        try:
+            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=stage_env, timeout=args.train_seconds).returncode
+        except subprocess.TimeoutExpired:
+            rc = "stopped at the time bound"  # the last finished epoch's checkpoint is used
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").is_file() else []
-    report["train"] = {"rc": proc.returncode, "seconds": round(time.perf_counter() - started, 1), "epochs": rows}
-    if proc.returncode != 0:
+    report["train"] = {"rc": rc, "seconds": round(time.perf_counter() - started, 1), "epochs": rows}
+    if not (run / "checkpoint.pt").is_file() or (rc != 0 and not rows):
         return finish(report, args, t0, "training failed: see train.log")
     log(f"train: {report['train']['seconds']} s, {[round(r['train_img_per_s'], 1) for r in rows]} img/s")
 
@@ -233,7 +238,7 @@ def main() -> int:
     served = args.work / "served"
     shutil.rmtree(served, ignore_errors=True)
     exp = subprocess.run([sys.executable, "-m", "export", str(run / "checkpoint.pt"), "--repository", str(served), "--formats", "torchscript"],
-                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+                         capture_output=True, text=True, cwd=ROOT, env=stage_env)  # fmt: skip
     report["export"] = {"rc": exp.returncode, "stdout": exp.stdout[-800:], "stderr": exp.stderr[-800:]}
     if exp.returncode != 0:
         return finish(report, args, t0, "export failed")
