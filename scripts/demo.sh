@@ -82,7 +82,8 @@ for lv in json.loads((out / "bench" / "results.json").read_text())["levels"]:
 print(f"demo: {seconds / 60:.1f} min")
 PY
 if [ "${DEMO_KEEP_SERVING:-1}" = 1 ]; then
-  sample=$(find "$out/test-images" -name '*.png' | head -1)
+  # -print -quit, not `| head -1`: under pipefail, find's SIGPIPE from head would end the demo (exit 141).
+  sample=$(find "$out/test-images" -name '*.png' -print -quit)
   cat <<TXT
 
 Serving on 127.0.0.1 (HTTP $http, gRPC $grpc, metrics $metrics) until Ctrl-C.  Try:
