@@ -9,7 +9,7 @@
 #   DEMO_BENCH_S      seconds per benchmark level                (5)
 #   DEMO_HTTP_PORT / DEMO_GRPC_PORT / DEMO_METRICS_PORT           (8000 / 8001 / 8002)
 #   DEMO_REPOSITORY   the served repository                      (served, alexnet-export's default)
-#   DEMO_KEEP_SERVING 0 to stop after the report (used by the test of this script)
+#   DEMO_KEEP_SERVING 0 to stop after the report (default 1: serve until Ctrl-C)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=.venv/bin
