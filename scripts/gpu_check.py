@@ -280,7 +280,8 @@ def main() -> int:
         c = report["checks"]["gpu_decode_pixels"]
         c["ok"] = c["images"] == len(jpegs) and c["mean_abs"] <= gpu_decode.MEAN_TOLERANCE
     else:
-        report["checks"]["gpu_decode_pixels"] = {"skipped": gpu_decode.unavailable(), "ok": device == "cpu"}
+        # Skipped, not passed: ok None on a CPU dry run (listed under "skipped"); on a GPU it must run.
+        report["checks"]["gpu_decode_pixels"] = {"skipped": gpu_decode.unavailable(), "ok": None if device == "cpu" else False}
 
     # 5. serve with the pytorch config (the stubs on NumPy 1.26), then the served checks
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(paths["site"]), str(ROOT)])}
@@ -425,9 +426,15 @@ def finish(report: dict, args, t0: float, error: str | None = None) -> int:
     if error:
         report["error"] = error
     report["total_s"] = round(time.perf_counter() - t0, 1)
-    report["ok"] = "error" not in report and bool(report["checks"]) and all(c.get("ok") for c in report["checks"].values())
+    ran = {name: c for name, c in report["checks"].items() if c.get("ok") is not None}
+    report["skipped"] = {name: c.get("skipped") for name, c in report["checks"].items() if c.get("ok") is None}
+    report["ok"] = "error" not in report and bool(ran) and all(c["ok"] for c in ran.values())
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(json.dumps(report, indent=2, default=str)[-6000:], flush=True)
+    failed = [name for name, c in ran.items() if not c["ok"]]
+    print(f"gpu_check: {'ok' if report['ok'] else 'FAILED'} on {report.get('env', {}).get('device')}: {len(ran)} checks ran"
+          + (f", failed: {', '.join(failed)}" if failed else "") + (f"; error: {error}" if error else "")
+          + "".join(f"; skipped {name}: {why}" for name, why in report["skipped"].items()), flush=True)  # fmt: skip
     return 0 if report["ok"] else 1
 
 
