@@ -107,6 +107,13 @@ def is_image(path: Path) -> bool:
 # --- the output ---------------------------------------------------------------------------------------
 
 
+def _csv_line(row) -> str:
+    """One row as the csv module writes it (quoting, \r\n)."""
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow(row)
+    return buffer.getvalue()
+
+
 class Output:
     """Rows appended and flushed one by one; CSV or JSON lines by the file's suffix.
 
@@ -139,9 +146,7 @@ class Output:
             out = []
             for row in list(csv.reader(io.StringIO(text, newline="")))[1:]:
                 if row:
-                    line = io.StringIO()
-                    csv.writer(line).writerow(row)
-                    out.append((row[0], row[3] if len(row) > 3 else "", line.getvalue()))
+                    out.append((row[0], row[3] if len(row) > 3 else "", _csv_line(row)))
             return out
         out = []
         for line in text.splitlines(keepends=True):
@@ -159,11 +164,7 @@ class Output:
         self.done = {p for p, _, _ in kept}
         self.failed_kept = sum(1 for r in kept if r[1])
         if len(kept) != len(rows) or cut < len(data):
-            header = ""
-            if self.kind == "csv":
-                buffer = io.StringIO()
-                csv.writer(buffer).writerow(self.FIELDS)
-                header = buffer.getvalue()
+            header = _csv_line(self.FIELDS) if self.kind == "csv" else ""
             files.atomic_write(self.path, (header + "".join(line for _, _, line in kept)).encode("utf-8", NAME_ERRORS))
 
     def write(self, result: Result) -> None:

@@ -244,8 +244,8 @@ def plan_only(args: argparse.Namespace) -> int:
     manifest_path = folder / layout.MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     if (folder / runtimes.FILES["plan"]).is_file() and not args.force:
-        ok, why = gpu.plan_matches(manifest.get("tensorrt") or {}, gpu.visible_gpus(), tensorrt.__version__)
         record = manifest.get("tensorrt") or {}
+        ok, why = gpu.plan_matches(record, gpu.visible_gpus(), tensorrt.__version__)
         if ok and record.get("max_batch") == args.max_batch and record.get("fp16") == args.fp16:
             print(f"{folder / runtimes.FILES['plan']} is up to date ({record['gpu']}, TensorRT {record['tensorrt_version']})")
             return 0

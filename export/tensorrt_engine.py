@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 import imaging
-from contract import IMAGE, PROBS, gpu
+from contract import IMAGE, PROBS, files, gpu
 
 FP16_TOLERANCE = 1e-2
 FP32_TOLERANCE = 1e-4
@@ -129,8 +129,6 @@ def build(onnx_path: Path, plan_path: Path, max_batch: int, fp16: bool, cache_fo
     if serialized is None:
         raise RuntimeError("TensorRT failed to build the engine (see the log above)")
     plan_path.write_bytes(bytes(serialized))
-    from contract import files
-
     files.atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
     return {"tensorrt_version": trt.__version__, "gpu": gpu_name, "compute_capability": capability, "timing_cache": cache_path.name}
 

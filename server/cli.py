@@ -170,8 +170,7 @@ def _pump(stream, log_path: Path, echo: bool) -> None:
                 sys.stderr.write(line)
 
 
-def _error_lines(log_path: Path, since: int = 0, limit: int = 20) -> list[str]:
-    lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[since:] if log_path.is_file() else []
+def _error_lines(lines: list[str], limit: int = 20) -> list[str]:
     hits = [line for line in lines if ERROR_LINE.search(line) and not BENIGN.search(line)]
     return (hits or lines)[-limit:]
 
@@ -188,7 +187,7 @@ class Process:
 
     def errors(self) -> list[str]:
         self.pump.join(timeout=2 if self.proc.poll() is not None else 0)
-        return _error_lines(self.log_path, self.log_start)
+        return _error_lines(self.log_lines())
 
     def stop(self, drain: float) -> int:
         """SIGTERM: Triton refuses new requests, lets those in flight finish (up to its exit
@@ -205,16 +204,17 @@ class Process:
         except subprocess.TimeoutExpired:
             code = None
         self.reap()
-        if code not in (0, None) and "Exit timeout expired" in self.log_text():
-            counts = re.findall(r"Timeout \d+: Found (\d+) model versions that have in-flight inferences", self.log_text())
+        log = "\n".join(self.log_lines())
+        if code not in (0, None) and "Exit timeout expired" in log:
+            counts = re.findall(r"Timeout \d+: Found (\d+) model versions that have in-flight inferences", log)
             if counts and counts[-1] == "0":
                 return 0
         return 1 if code is None else code
 
-    def log_text(self) -> str:
-        """This process's part of the log."""
+    def log_lines(self) -> list[str]:
+        """This process's part of the log (a restarted Triton appends to the same file)."""
         lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines() if self.log_path.is_file() else []
-        return "\n".join(lines[self.log_start :])
+        return lines[self.log_start :]
 
     def reap(self) -> None:
         """Nothing left running: Triton and its python-backend stubs share its process group."""

@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
     ctx = distributed.init(args.device)
     torch.manual_seed(0)
     model = alexnet("paper", 1000).to(ctx.device)
-    memory_format = accel.memory_format(ctx.device, args.channels_last)
+    memory_format = accel.memory_format(args.channels_last)
     model = model.to(memory_format=memory_format)
     net = accel.compiled(model, args.compile)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)

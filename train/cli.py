@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import sys
 from functools import partial
 from pathlib import Path
@@ -153,14 +152,13 @@ def statistics(run: Run, args: argparse.Namespace, ctx: distributed.Context) -> 
     run.eigenvalues, run.eigenvectors = torch.from_numpy(eval_np), torch.from_numpy(evec_np)
 
 
-def build_model(run: Run, ctx: distributed.Context):
+def build_model(run: Run, ctx: distributed.Context, memory_format: torch.memory_format, steps_per_epoch: int):
     """Phase 3: the network (paper init, same seed on every rank), SGD and the schedule, restored on resume."""
     recipe = run.recipe
     torch.manual_seed(recipe.seed)  # the same initial weights on every rank
     model = alexnet(recipe.arch, len(run.classes), dropout=recipe.dropout, init=recipe.init, init_std=recipe.init_std, init_bias=recipe.init_bias)
-    model = model.to(ctx.device, memory_format=accel.memory_format(ctx.device, recipe.channels_last))
+    model = model.to(ctx.device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
-    steps_per_epoch = math.ceil(math.ceil(len(run.train_idx) / ctx.world_size) / max(1, recipe.batch_size // ctx.world_size))
     scheduler = make_scheduler(optimizer, recipe, steps_per_epoch)
     if run.state:
         model.load_state_dict(run.state["state_dict"])
@@ -190,8 +188,16 @@ def save_epoch(run: Run, args: argparse.Namespace, model, optimizer, scheduler, 
 def train(args: argparse.Namespace, ctx: distributed.Context) -> dict[str, Any]:
     run = resolve_run(args)
     statistics(run, args, ctx)
-    model, optimizer, scheduler = build_model(run, ctx)
     recipe = run.recipe
+    per_rank_batch = max(1, recipe.batch_size // ctx.world_size)
+    subset = Subset(run.train_set, run.train_idx)
+    sampler = DistributedSampler(subset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=recipe.seed)
+    pin = ctx.device.type == "cuda"
+    train_loader = data.make_loader(subset, per_rank_batch, sampler, recipe.workers, pin)
+    val_loader = data.make_loader(run.val_set, per_rank_batch, _shard(run.val_idx, ctx), recipe.workers, pin)
+    memory_format = accel.memory_format(recipe.channels_last)
+    # The one-cycle schedule's length is the loader's: batches per epoch on this rank.
+    model, optimizer, scheduler = build_model(run, ctx, memory_format, steps_per_epoch=len(train_loader))
     history: list[dict[str, Any]] = list(run.state["metrics"]) if run.state else []
     start_epoch = int(run.state["epoch"]) + 1 if run.state else 0
     if run.state:
@@ -200,16 +206,9 @@ def train(args: argparse.Namespace, ctx: distributed.Context) -> dict[str, Any]:
     net = accel.compiled(model, recipe.compile)
     if ctx.enabled:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
-    memory_format = accel.memory_format(ctx.device, recipe.channels_last)
     offset, scale = (t.to(ctx.device) for t in normalisation(recipe.arch, run.mean_image, recipe.input_scale))
     classifier = CropAverage(model, offset, scale, crops=recipe.eval_crops).to(ctx.device)
     autocast = accel.autocast(ctx.device, recipe.amp)
-    per_rank_batch = max(1, recipe.batch_size // ctx.world_size)
-    subset = Subset(run.train_set, run.train_idx)
-    sampler = DistributedSampler(subset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=recipe.seed)
-    pin = ctx.device.type == "cuda"
-    train_loader = data.make_loader(subset, per_rank_batch, sampler, recipe.workers, pin)
-    val_loader = data.make_loader(run.val_set, per_rank_batch, _shard(run.val_idx, ctx), recipe.workers, pin)
     if ctx.is_main:
         args.out.mkdir(parents=True, exist_ok=True)
         log.info(
