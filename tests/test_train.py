@@ -50,6 +50,22 @@ def test_recipe_unknown_and_invalid_settings():
     with pytest.raises(RecipeError, match="batch_size must be >= 1"):
         resolve(batch_size=0)
     assert resolve("demo", lr=0.02).init == "kaiming" and resolve("demo", lr=0.02).lr == 0.02
+    with pytest.raises(RecipeError, match="optimizer must be one of sgd, adamw, got 'adam'"):
+        resolve(optimizer="adam")
+
+
+def test_optimizer_from_the_recipe():
+    """The paper's SGD by default; AdamW (fused, momentum as beta1) where the recipe names it.
+    A checkpoint's recipe from before the setting existed resolves to SGD."""
+    from train.cli import make_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    sgd = make_optimizer(params, Recipe())
+    assert type(sgd) is torch.optim.SGD and sgd.defaults["momentum"] == 0.9 and sgd.defaults["weight_decay"] == 5e-4
+    adamw = make_optimizer(params, resolve("demo", optimizer="adamw", lr=3e-4, momentum=0.8))
+    assert type(adamw) is torch.optim.AdamW and adamw.defaults["betas"] == (0.8, 0.999) and adamw.defaults["lr"] == 3e-4 and adamw.defaults["fused"]
+    old = {k: v for k, v in Recipe().to_dict().items() if k != "optimizer"}
+    assert Recipe.from_dict(old).optimizer == "sgd"
 
 
 def test_every_recipe_field_is_a_flag():

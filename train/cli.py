@@ -64,6 +64,16 @@ def _explicit_recipe(args: argparse.Namespace) -> dict[str, Any]:
     return {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("recipe.")}
 
 
+def make_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
+    """[5] SGD with momentum and weight decay; or AdamW (the demo's deviation, with
+    ``momentum`` as beta1 and decoupled weight decay)."""
+    if recipe.optimizer == "adamw":
+        # fused: one kernel over all parameters (CPU and CUDA); the 57M-parameter step is ~5% of
+        # a CPU training step with the default foreach implementation.
+        return torch.optim.AdamW(params, lr=recipe.lr, betas=(recipe.momentum, 0.999), weight_decay=recipe.weight_decay, fused=True)
+    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int):
     """[5] plateau: lr / 10 when the centre-crop validation error has not improved for ``patience``
     epochs, at most ``max_reductions`` times (stepped once an epoch).  onecycle (the demo's
@@ -158,7 +168,7 @@ def build_model(run: Run, ctx: distributed.Context, memory_format: torch.memory_
     torch.manual_seed(recipe.seed)  # the same initial weights on every rank
     model = alexnet(recipe.arch, len(run.classes), dropout=recipe.dropout, init=recipe.init, init_std=recipe.init_std, init_bias=recipe.init_bias)
     model = model.to(ctx.device, memory_format=memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    optimizer = make_optimizer(model.parameters(), recipe)
     scheduler = make_scheduler(optimizer, recipe, steps_per_epoch)
     if run.state:
         model.load_state_dict(run.state["state_dict"])
