@@ -28,6 +28,10 @@ MIN_AGREEMENT = 0.995  # top-1 agreement of a reduced precision with fp32 on hel
 # good INT8 model of Fashion-MNIST that agreed on 99.75% of 2,000 test images), but a broken
 # calibration flips most of them.  They are the gate itself only when no data set is at hand.
 PHOTO_FLOOR = 0.85
+# Images per inference run in the gates.  A run holds every crop's activations (~50 MB an image
+# in fp32), and ONNX Runtime's arena keeps the largest run's: 200 held-back images in one run
+# peaked at 16.7 GiB in export; 8 at a time, at 4.1 GiB (quantization's peak).
+IMAGES_PER_RUN = 8
 TIE = 1e-6  # probabilities closer than this may swap places in a top-5 without it being a mismatch
 
 
@@ -131,11 +135,11 @@ def check_onnx(classifier, path: Path, photos: Sequence[Path]) -> Report:
     return parity("ONNX Runtime and PyTorch", torch_runner(classifier), runtimes.onnxruntime(path), photos, ONNX_TOLERANCE)
 
 
-def agreement(expected: np.ndarray, candidate: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int = 8) -> dict:
+def agreement(expected: np.ndarray, candidate: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int = IMAGES_PER_RUN) -> dict:
     """Top-1 agreement and max |dPROBS| of ``candidate`` on uint8 ``images`` [N,3,256,256]
     against ``expected`` (the fp32 PROBS [N,C] of the same images), ``batch`` images a run."""
     images = np.asarray(images)
-    got = np.concatenate([candidate(part) for part in np.array_split(images, max(1, len(images) // batch))])
+    got = np.concatenate([candidate(images[i : i + batch]) for i in range(0, len(images), batch)])
     return {
         "images": len(images),
         "top1_agreement": float((expected.argmax(1) == got.argmax(1)).mean()) if len(images) else 1.0,

@@ -106,7 +106,7 @@ def cpu_precision_gates(stage: Path, held_back: np.ndarray | None, views: np.nda
 
     The record lands in export.json; ``alexnet-serve --config cpu`` picks only among the
     precisions that passed (or were accepted with --accept-disagreement)."""
-    reference = runtimes.onnxruntime(stage / runtimes.FILES["f32"])
+    reference = runtimes.onnxruntime(stage / runtimes.FILES["f32"], max_images_per_run=check.IMAGES_PER_RUN)
     record: dict = {"gate_images": source_of_images, "cpu": cpu.describe()}
     try:
         f32 = runtimes.openvino(stage, "f32")

@@ -70,6 +70,35 @@ def test_quantized_model_is_written_and_checked(int8_export):
     assert probs.shape == (3, 3) and np.allclose(probs.sum(1), 1, atol=1e-3)
 
 
+def test_gates_run_a_bounded_number_of_images_at_a_time(int8_export, monkeypatch):
+    """Every run in the gates -- the fp32 reference included -- sees at most IMAGES_PER_RUN
+    images: one run of all the held-back images held every crop's activations at once (16.7 GiB
+    for the demo's 200).  The real runtimes run; the spy only records each run's size."""
+    from export import cli as export_cli
+
+    _, repo, _ = int8_export
+    sizes: list[tuple[str, int]] = []
+
+    def spy(factory):
+        def make(*args, **kwargs):
+            runtime = factory(*args, **kwargs)
+            run = runtime._run
+            runtime._run = lambda images: (sizes.append((runtime.describe(), len(images))), run(images))[1]
+            return runtime
+
+        return make
+
+    monkeypatch.setattr(runtimes, "onnxruntime", spy(runtimes.onnxruntime))
+    monkeypatch.setattr(runtimes, "openvino", spy(runtimes.openvino))
+    photos = imaging.sample_photographs()
+    held_back = check.photo_batch(photos, 3 * check.IMAGES_PER_RUN + 1)
+    record = export_cli.cpu_precision_gates(repo / "alexnet" / "1", held_back, check.photo_batch(photos, 4), photos, True, "test")
+    assert record["int8"]["held_back"]["images"] == len(held_back), record
+    reference_runs = [n for name, n in sizes if name.startswith("onnxruntime f32")]
+    assert sum(reference_runs) >= len(held_back) and max(reference_runs) <= check.IMAGES_PER_RUN, reference_runs
+    assert max(n for _, n in sizes) <= check.IMAGES_PER_RUN, sizes
+
+
 @pytest.fixture(scope="module")
 def varied_ckpt(module_tmp, calibration_folder) -> Path:
     images, _ = quantize.calibration_images(str(calibration_folder), 16, 1)
