@@ -15,11 +15,11 @@ cd "$(dirname "$0")/.."
 bin=.venv/bin
 out=${DEMO_OUT:-runs/demo}
 data=${DEMO_DATA:-fashion-mnist}
-# The demo's budget (~15 min on 2 cores, docs/RESULTS.md): one pass over 22,000 Fashion-MNIST
+# The demo's budget (~15 min on 2 cores, docs/RESULTS.md): one pass over 20,000 Fashion-MNIST
 # images with the demo preset (one-cycle schedule), bf16 autocast where the CPU has it natively,
 # torch.compile and channels_last.  Longer: DEMO_TRAIN_ARGS="--preset demo --epochs 10 --amp
 # --compile --channels-last"; on a GPU: --device cuda --amp --channels-last.
-train_args=${DEMO_TRAIN_ARGS:---preset demo --epochs 1 --train-limit 22000 --val-limit 500 --stats-images 2000 --amp --compile --channels-last}
+train_args=${DEMO_TRAIN_ARGS:---preset demo --epochs 1 --train-limit 20000 --val-limit 500 --stats-images 2000 --amp --compile --channels-last}
 export_args=${DEMO_EXPORT_ARGS:---int8 --calibration-images 128 --gate-images 200}
 n_images=${DEMO_IMAGES:-1000}
 bench_s=${DEMO_BENCH_S:-5}
