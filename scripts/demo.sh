@@ -84,6 +84,12 @@ PY
 if [ "${DEMO_KEEP_SERVING:-1}" = 1 ]; then
   # -print -quit, not `| head -1`: under pipefail, find's SIGPIPE from head would end the demo (exit 141).
   sample=$(find "$out/test-images" -name '*.png' -print -quit)
+  # Ctrl-C reaches alexnet-serve itself (same process group); a TERM sent to this script alone
+  # is passed on.  Either way the script waits for the server's own stop, then exits 130 / 143
+  # as an interrupted command does -- or 1, naming the log, if the server did not stop cleanly.
+  stop_signal=
+  trap 'stop_signal=130' INT
+  trap 'stop_signal=143; kill -TERM "$pid" 2>/dev/null' TERM
   cat <<TXT
 
 Serving on 127.0.0.1 (HTTP $http, gRPC $grpc, metrics $metrics) until Ctrl-C.  Try:
@@ -92,5 +98,18 @@ Serving on 127.0.0.1 (HTTP $http, gRPC $grpc, metrics $metrics) until Ctrl-C.  T
   curl -s localhost:$metrics/metrics | grep nv_inference_count
   $bin/alexnet-label $out/test-images --recursive --out /tmp/labels.csv
 TXT
-  wait "$pid"
+  while :; do
+    status=0; wait "$pid" || status=$?
+    # A trapped signal ends `wait` early (status > 128) while the server is still stopping.
+    [ -n "$stop_signal" ] && kill -0 "$pid" 2>/dev/null || break
+  done
+  pid=
+  if [ -n "$stop_signal" ]; then
+    if [ "$status" -ne 0 ] && [ "$status" -le 128 ]; then
+      echo "demo: alexnet-serve exited with $status while stopping (see $out/serve.log)" >&2
+      exit 1
+    fi
+    exit "$stop_signal"
+  fi
+  exit "$status"
 fi
