@@ -33,8 +33,11 @@ def test_demo_script_end_to_end(tmp_path):
         "DEMO_REPOSITORY": str(repo),
     }  # fmt: skip
     # As a user runs it: the report, then serving until Ctrl-C (SIGINT to the whole foreground group).
+    # SIGINT as at a terminal: a test run started in the background by a non-interactive shell
+    # (nohup ... &) inherits SIGINT ignored, and bash cannot trap a signal ignored on entry.
     proc = subprocess.Popen(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)  # fmt: skip
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     watchdog = threading.Timer(900, os.killpg, (proc.pid, signal.SIGKILL))  # a hung demo fails, it does not hang CI
     watchdog.start()
     stdout = ""
