@@ -200,11 +200,16 @@ def open_dir():
 AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
+def _as_nobody(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """This interpreter as the user nobody, importing this checkout."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": "/tmp"}
+    return subprocess.run([*AS_NOBODY, sys.executable, *argv], capture_output=True, text=True, env=env, cwd="/tmp", timeout=timeout)
+
+
 @functools.cache
 def _nobody_cannot_run() -> str | None:
     """Why the user nobody cannot run this checkout's alexnet-label (None when it can)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": "/tmp"}
-    probe = subprocess.run([*AS_NOBODY, sys.executable, "-c", "import clients.label"], capture_output=True, text=True, env=env, cwd="/tmp")
+    probe = _as_nobody("-c", "import clients.label")
     if probe.returncode == 0:
         return None
     closed = next((str(p) for p in (ROOT, *ROOT.parents) if not os.stat(p).st_mode & 0o001), None)
@@ -221,8 +226,7 @@ def label_as_user(*args: str) -> subprocess.CompletedProcess:
         return run("clients.label", *args)
     if why := _nobody_cannot_run():
         pytest.skip(why)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": "/tmp"}
-    return subprocess.run([*AS_NOBODY, sys.executable, "-m", "clients.label", *args], capture_output=True, text=True, env=env, cwd="/tmp", timeout=600)
+    return _as_nobody("-m", "clients.label", *args)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
