@@ -6,6 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# A new venv takes 6.4 GiB (torch brings 3.2 GiB of CUDA libraries) plus pip's unpacking room.
+# Checked before pip starts, so a full disk is one line here, not pip's OSError half-way through.
+INSTALL_MIN_FREE_GIB ?= 9
 # The demo's settings (training budget, export, ports) live in scripts/demo.sh; override them
 # with its DEMO_* variables, e.g. make demo DEMO_TRAIN_ARGS="--preset demo --epochs 10 --amp --compile".
 
@@ -15,6 +18,8 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (Python 3.11)"; exit 1; }
+	@[ -x $(PY) ] || { free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	  [ "$$free" -ge $(INSTALL_MIN_FREE_GIB) ] || { echo "make install: $(VENV) needs about $(INSTALL_MIN_FREE_GIB) GiB free on $$(df -P . | awk 'NR==2 {print $$6}'), which has $$free GiB"; exit 1; }; }
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	# torch/torchvision pinned in pyproject.toml: pip takes them from this machine's disk.
 	$(PY) -m pip install -q -e '.[train,export,serve,test]'
