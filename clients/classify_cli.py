@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+import imaging
 from clients.classifier import Classifier, ClassifierError
 from clients.protocol import DEFAULT_URLS, PROTOCOLS
 
@@ -17,7 +18,7 @@ from clients.protocol import DEFAULT_URLS, PROTOCOLS
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alexnet-classify", description=__doc__.split("\n\n")[0], add_help=add_help,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, BMP, GIF, TIFF)")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help=f"image files ({imaging.FORMAT_NAMES})")
     parser.add_argument("--url", help=f"Triton address (default: {DEFAULT_URLS['grpc']} for grpc, {DEFAULT_URLS['http']} for http)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
     parser.add_argument("--model", default="classify", help="classify (bytes in) or alexnet (the client decodes)")

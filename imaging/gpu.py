@@ -57,7 +57,7 @@ def plan(data: bytes, max_pixels: int) -> Plan | None:
     if data[:3] != b"\xff\xd8\xff":
         return None
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=("JPEG",)) as img:
             if img.format != "JPEG" or img.mode not in ("RGB", "L", "YCbCr"):
                 return None
             width, height = img.size

@@ -44,6 +44,13 @@ MAX_DECODE_BYTES = 400 * 2**20
 
 EncodedImage = Union[bytes, bytearray, memoryview, str, os.PathLike]
 
+# The formats we decode (Pillow's format ids), and no others: untrusted bytes never reach the
+# rest of Pillow's plugins (EPS would run Ghostscript where it is installed; AVIF, PSD, ICNS...
+# are not listed, so not tested).  PPM covers its PBM/PGM siblings; a JPEG with a multi-picture
+# index (MPO) is opened by the JPEG plugin.
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
+FORMAT_NAMES = "JPEG, PNG, WebP, BMP, GIF, TIFF or PPM"
+
 # EXIF orientation (tag 0x0112) -> the transpose that makes the image upright (as ImageOps.exif_transpose).
 _ORIENT = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -99,9 +106,9 @@ def _open(data: EncodedImage) -> Image.Image:
         # and names the size, so its warning is silenced rather than duplicated.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(source)
+            return Image.open(source, formats=FORMATS)
     except UnidentifiedImageError:
-        raise ImageError("not a recognised image format (expected JPEG, PNG, WebP, BMP, GIF or TIFF)", "unsupported") from None
+        raise ImageError(f"not a recognised image format (expected {FORMAT_NAMES})", "unsupported") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(f"image too large: {exc}", "too_large") from None
     except ValueError as exc:  # e.g. a PNG text or ICC chunk over Pillow's safety limit

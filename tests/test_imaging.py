@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 
@@ -291,3 +292,36 @@ def test_float_tiff_in_zero_to_one_is_scaled():
     assert image[0].max() >= 250 and image[0].min() <= 5, (image.min(), image.max())
     wide = imaging.load(encode(Image.fromarray(arr * 200 + 20, "F"), "TIFF"))  # 20..220: taken as 0..255
     assert 15 <= wide[0].min() and wide[0].max() <= 225
+
+
+# Formats Pillow can open but the product does not list: refused from their bytes, before any
+# plugin of theirs runs (EPS would start Ghostscript where it is installed).
+_UNLISTED = ("EPS", "ICO", "PCX", "TGA", "SGI", "AVIF", "QOI", "ICNS", "DDS", "IM", "JPEG2000", "SPIDER")
+
+
+@pytest.mark.parametrize("fmt", _UNLISTED)
+def test_unlisted_formats_are_refused(fmt):
+    data = encode(Image.new("RGB", (16, 16), (10, 20, 30)), fmt)
+    with pytest.raises(imaging.ImageError, match="not a recognised image format") as info:
+        imaging.load(data)
+    assert info.value.reason == "unsupported", f"{fmt}: reason {info.value.reason}"
+    assert imaging.sniff(data) is None, f"{fmt} must not even be sniffed as an image"
+
+
+def test_eps_never_reaches_ghostscript(monkeypatch, tmp_path):
+    """A 'gs' first on PATH that records being run: refusing EPS must not start it."""
+    marker = tmp_path / "gs-ran"
+    fake = tmp_path / "gs"
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n0 0 moveto 16 16 lineto stroke\nshowpage\n%%EOF\n"
+    with pytest.raises(imaging.ImageError, match="not a recognised image format"):
+        imaging.load(eps)
+    assert not marker.exists(), "the EPS bytes reached Ghostscript"
+
+
+@pytest.mark.parametrize("fmt", imaging.FORMATS)
+def test_listed_formats_decode(fmt):
+    img = Image.new("RGB", (40, 30), (200, 100, 50))
+    assert imaging.load(encode(img, fmt)).shape == (3, 256, 256), fmt
