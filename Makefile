@@ -1,11 +1,17 @@
 # The two commands of the README:   make demo   (the main job)   and   make test.
-# Each installs what it needs: the venv, the Python packages, and Debian's data set.
+# Each installs what it needs: the venv, the Python packages, and Debian's packages (the data
+# set; nginx, the server's front; openssl and iproute2, which the tests' TLS and network cases use).
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+NGINX := /usr/sbin/nginx
+# Debian's packages, as root or through sudo.  alexnet-serve runs nginx itself; where the
+# package's install starts its own service (on port 80), the nginx target stops and disables it.
+APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq
 # A new venv takes 6.4 GiB (torch brings 3.2 GiB of CUDA libraries) plus pip's unpacking room.
 # Checked before pip starts, so a full disk is one line here, not pip's OSError half-way through.
 INSTALL_MIN_FREE_GIB ?= 9
@@ -26,13 +32,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(FASHION):
-	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dataset-fashion-mnist
+	@$(APT_INSTALL) dataset-fashion-mnist
 
-test: $(STAMP)
+$(NGINX):
+	@$(APT_INSTALL) nginx openssl iproute2
+	@{ command -v systemctl >/dev/null && systemctl disable --now nginx >/dev/null 2>&1; } || true
+
+test: $(STAMP) $(NGINX)
 	$(PY) -m pytest
 
-demo: $(STAMP) $(FASHION)
+demo: $(STAMP) $(FASHION) $(NGINX)
 	bash scripts/demo.sh
 
 clean:

@@ -34,7 +34,7 @@ import numpy as np
 import imaging
 from clients.label import walk
 from clients.load import PERCENTILES, Level, ServerMemory, run_level, server_split
-from clients.protocol import DEFAULT_URLS, PROTOCOLS, Connection, ServerError, bytes_batch
+from clients.protocol import DEFAULT_URLS, PROTOCOLS, Connection, ServerError, add_credential_arguments, bytes_batch, credentials_from
 from contract import ENSEMBLE, MODEL, cpu, files, layout, runtimes
 
 
@@ -62,6 +62,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--scenario", choices=("singlestream", "server", "offline"), help="run MLPerf LoadGen instead")
     parser.add_argument("--target-qps", type=float, default=5.0, help="LoadGen server scenario's arrival rate")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for results.json/csv and latency.png")
+    parser.add_argument("--baseline-url", metavar="URL",
+                        help="also run each level against this address of the same server, e.g. Triton's own loopback port behind "
+                             "alexnet-serve's front (printed at its start): the front's cost, side by side")  # fmt: skip
+    add_credential_arguments(parser)
     return parser
 
 
@@ -103,8 +107,11 @@ def load_images(folder: Path | None, limit: int = 64) -> list[bytes]:
 # --- the two targets ---------------------------------------------------------------------------------
 
 
-def served_caller(args: argparse.Namespace, images: list[bytes]) -> tuple[Callable, Connection]:
-    probe = Connection(args.url, args.protocol)
+def served_caller(args: argparse.Namespace, images: list[bytes], url: str | None = None) -> tuple[Callable, Connection]:
+    """Requests to ``url`` (default --url), each worker thread on its own connection."""
+    url = url or args.url
+    credentials = credentials_from(args)
+    probe = Connection(url, args.protocol, credentials=credentials)
     if not probe.model_ready(args.model):
         raise ServerError(f"model '{args.model}' is not ready at {probe.url}", "unavailable")
     info = probe.describe(args.model)
@@ -117,7 +124,7 @@ def served_caller(args: argparse.Namespace, images: list[bytes]) -> tuple[Callab
         tensors = [np.stack([arrays[(i + k) % len(images)] for k in range(args.batch)]) for i in range(len(images))]
 
     def make_call():
-        conn = Connection(args.url, args.protocol, concurrency=1)
+        conn = Connection(url, args.protocol, concurrency=1, credentials=credentials)
         return lambda i: conn.infer(info, tensors[i % len(tensors)])
 
     return make_call, probe
@@ -190,6 +197,20 @@ def print_table(levels: list[Level]) -> None:
         extra = f"  q {split.get('queue', 0):.1f}  infer {split.get('compute_infer', 0):.1f}  b {split.get('avg_batch', 0):.1f}" if split else ""
         print(f"{lv.target:<18}{lv.concurrency:>5}{lv.throughput:>9.2f}" + "".join(f"{lat.get(k, float('nan')):>9.1f}" for k in ("p50", "p90", "p95", "p99", "max"))
               + f"{lv.errors:>5}{extra}")  # fmt: skip
+
+
+def print_ratios(levels: list[Level], target: str, baseline: str) -> None:
+    """Per concurrency: ``target``'s throughput over ``baseline``'s, and its p50 minus the baseline's."""
+    by = {(lv.target, lv.concurrency): lv for lv in levels}
+    for (name, c), lv in by.items():
+        base = by.get((baseline, c))
+        if name != target or base is None:
+            continue
+        if not lv.throughput or not base.throughput or "p50" not in lv.latency_ms or "p50" not in base.latency_ms:
+            print(f"{target} vs {baseline} at {c} client(s): no completed requests to compare")
+            continue
+        print(f"{target} vs {baseline} at {c} client(s): throughput {lv.throughput / base.throughput:.3f}x, "
+              f"p50 {lv.latency_ms['p50'] - base.latency_ms['p50']:+.1f} ms")  # fmt: skip
 
 
 def write_outputs(out: Path, levels: list[Level], meta: dict) -> None:
@@ -289,6 +310,7 @@ def parse_levels(text: str) -> list[int]:
 
 def measure_levels(args: argparse.Namespace, images: list[bytes], levels_wanted: list[int]) -> tuple[list[Level], dict]:
     make_served, probe = served_caller(args, images)
+    make_baseline = served_caller(args, images, args.baseline_url)[0] if args.baseline_url else None
     memory = ServerMemory(probe.url)
     runtime, precision = served_runtime(probe) if args.model in (ENSEMBLE, MODEL) else ("", "")
     make_local, local = inprocess_caller(args, images, runtime, precision) if args.inprocess else (None, "")
@@ -310,6 +332,8 @@ def measure_levels(args: argparse.Namespace, images: list[bytes], levels_wanted:
             level.server_ms = {m: server_split(before[m], after[m]) for m in watch}
             level.server_rss_mib = memory.rss_mib()
             levels.append(level)
+            if make_baseline is not None:
+                levels.append(run_level("baseline-url", c, make_baseline, args.duration, args.warmup, args.batch))
             if make_local is not None:
                 levels.append(run_level("inprocess", c, make_local, args.duration, args.warmup, args.batch))
             for target, make in others:
@@ -342,7 +366,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"alexnet-bench: error: {exc}", file=sys.stderr)
         return 2
     print_table(levels)
-    meta = {"model": args.model, "protocol": args.protocol, "url": args.url or DEFAULT_URLS[args.protocol], "batch": args.batch,
+    if args.baseline_url:
+        print_ratios(levels, "served", "baseline-url")
+    meta = {"model": args.model, "protocol": args.protocol, "url": args.url or DEFAULT_URLS[args.protocol], "baseline_url": args.baseline_url, "batch": args.batch,
             "duration_s": args.duration, "warmup_s": args.warmup, "images": len(images), "cpu": cpu.describe(),
             **runtimes_used, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
     write_outputs(args.out, levels, meta)

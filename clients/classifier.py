@@ -23,7 +23,8 @@ from typing import Iterable, Iterator, Union
 import numpy as np
 
 import imaging
-from clients.protocol import Connection, ModelInfo, ServerError, bytes_batch, parse_top
+from clients.protocol import Connection, ModelInfo, ServerError, bytes_batch, parse_top, resolve_credentials
+from contract.security import Credentials
 
 ClassifierError = ServerError  # the one exception type users catch
 Image = Union[str, os.PathLike, bytes]
@@ -59,8 +60,11 @@ class Classifier:
         timeout: float = 60.0,
         concurrency: int = 8,
         retry_for: float = 0.0,
+        credentials: Credentials | None = None,
     ) -> None:
-        """``retry_for``: seconds to keep retrying a request while the server is unreachable or restarting."""
+        """``retry_for``: seconds to keep retrying a request while the server is unreachable or restarting;
+        ``credentials``: token and CA (None: from the environment, ALEXNET_TOKEN_FILE / ALEXNET_CA)."""
+        self.credentials = credentials if credentials is not None else resolve_credentials()
         self.retry_for = retry_for
         self._local = threading.local()
         self._connections: list[Connection] = []
@@ -73,7 +77,7 @@ class Classifier:
     def connection(self) -> Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = Connection(self.url, self.protocol, concurrency=1, timeout=self.timeout)
+            conn = Connection(self.url, self.protocol, concurrency=1, timeout=self.timeout, credentials=self.credentials)
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)

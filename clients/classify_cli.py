@@ -12,7 +12,7 @@ import sys
 
 import imaging
 from clients.classifier import Classifier, ClassifierError
-from clients.protocol import DEFAULT_URLS, PROTOCOLS
+from clients.protocol import DEFAULT_URLS, PROTOCOLS, add_credential_arguments, credentials_from
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--model", default="classify", help="classify (bytes in) or alexnet (the client decodes)")
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    add_credential_arguments(parser)
     return parser
 
 
@@ -33,12 +34,12 @@ def main(args: argparse.Namespace) -> int:
         return 2
     failed = 0
     rows = []
-    with Classifier(args.url, args.protocol, model=args.model) as clf:
-        try:
+    try:
+        with Classifier(args.url, args.protocol, model=args.model, credentials=credentials_from(args)) as clf:
             results = list(clf.classify_many(args.images, args.topk, ordered=True))
-        except ClassifierError as exc:
-            print(f"alexnet-classify: error: {exc}", file=sys.stderr)
-            return 2
+    except ClassifierError as exc:
+        print(f"alexnet-classify: error: {exc}", file=sys.stderr)
+        return 2
     for result in results:
         if result.error is not None:
             failed += 1

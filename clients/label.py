@@ -31,7 +31,7 @@ from typing import Iterator
 
 import imaging
 from clients.classifier import Classifier, ClassifierError, Result
-from clients.protocol import DEFAULT_URLS, PROTOCOLS
+from clients.protocol import DEFAULT_URLS, PROTOCOLS, add_credential_arguments, credentials_from
 from contract import files
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -62,6 +62,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--model", default="classify")
     parser.add_argument("--retry-timeout", type=float, default=120.0, help="seconds to keep retrying while the server is down or failing")
     parser.add_argument("--no-progress", action="store_true")
+    add_credential_arguments(parser)
     return parser
 
 
@@ -232,12 +233,13 @@ def label_all(args: argparse.Namespace, out: Output, bar, counts: dict[str, int]
             else:
                 yield path
 
-    clf = Classifier(args.url, args.protocol, model=args.model, concurrency=args.concurrency, retry_for=args.retry_timeout)
+    clf = Classifier(args.url, args.protocol, model=args.model, concurrency=args.concurrency, retry_for=args.retry_timeout,
+                     credentials=credentials_from(args))  # fmt: skip
     try:
         clf.wait_ready(args.retry_timeout)
         for result in clf.classify_many(todo(), args.topk):
-            if result.error is not None and result.error.transient:
-                raise result.error  # the server stayed away longer than --retry-timeout
+            if result.error is not None and (result.error.transient or result.error.kind == "unauthenticated"):
+                raise result.error  # the server stayed away longer than --retry-timeout, or refuses this caller
             out.write(result)
             counts["failed" if result.error else "labelled"] += 1
             bar.update(1)

@@ -92,10 +92,12 @@ def server_split(before: dict, after: dict) -> dict[str, float]:
 
 
 class ServerMemory:
-    """Resident memory of the one Triton that serves ``url``, with its python-backend stubs.
+    """Resident memory of the server behind ``url``: alexnet-serve with its front (nginx) and
+    Triton with its python-backend stubs, or a Triton started some other way with its stubs.
 
-    The server is the process listening on the URL's port on this host (found once, with
-    psutil); its children are the stubs.  None when the server runs elsewhere or is not found."""
+    Found once, with psutil: the process listening on the URL's port on this host, then up
+    through an nginx and the alexnet-serve that started it.  None when the server runs
+    elsewhere or is not found."""
 
     def __init__(self, url: str) -> None:
         self.pid = None
@@ -109,6 +111,11 @@ class ServerMemory:
                 if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == parts.port and conn.pid:
                     self.pid = conn.pid
                     break
+            if self.pid is not None:
+                for parent in psutil.Process(self.pid).parents():
+                    if parent.name() != "nginx" and not any(arg.endswith(("alexnet-serve", "server")) for arg in parent.cmdline()[:3]):
+                        break
+                    self.pid = parent.pid
         except Exception:  # noqa: BLE001 - no permission to see sockets: memory is then unknown
             self.pid = None
 

@@ -7,6 +7,9 @@ it.  ``alexnet-serve`` runs this check on an interval and restarts Triton when i
 Kubernetes Deployment's liveness probe runs the same check:
 
     python -m server.health --url 127.0.0.1:8000      # exit 0 healthy; 1 with one line saying why
+
+Through the front of a server beyond loopback it carries the token and trusts the CA given by
+``ALEXNET_TOKEN_FILE`` / ``ALEXNET_CA`` (or --token-file / --ca), as every client does.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from contract import ENSEMBLE, IMAGE_BYTES, PROBS
+from contract import ENSEMBLE, IMAGE_BYTES, PROBS, security
+from contract.security import Credentials
 
 
 @lru_cache(maxsize=1)
@@ -31,16 +35,17 @@ def probe_image() -> bytes:
     return buffer.getvalue()
 
 
-def check(url: str, timeout: float = 60.0) -> str | None:
+def check(url: str, timeout: float = 60.0, credentials: Credentials = Credentials()) -> str | None:
     """None when ``classify`` answers the probe image with probabilities, else why not (one line)."""
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    client = httpclient.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
+    client = httpclient.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout, **credentials.http_options())
     try:
         inp = httpclient.InferInput(IMAGE_BYTES, [1, 1], "BYTES")
         inp.set_data_from_numpy(np.array([[probe_image()]], dtype=object))
-        probs = client.infer(ENSEMBLE, [inp], outputs=[httpclient.InferRequestedOutput(PROBS)]).as_numpy(PROBS)
+        outputs = [httpclient.InferRequestedOutput(PROBS)]
+        probs = client.infer(ENSEMBLE, [inp], outputs=outputs, headers=credentials.headers() or None).as_numpy(PROBS)
         if probs is None or probs.ndim != 2 or probs.shape[0] != 1 or not np.isfinite(probs).all():
             return f"{ENSEMBLE} answered the probe image with {None if probs is None else probs.shape}"
         return None
@@ -56,8 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server.health", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="127.0.0.1:8000", help="Triton's HTTP address")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer")
+    parser.add_argument("--token-file", help=f"file holding the bearer token (default: ${security.TOKEN_FILE_ENV}, else ${security.TOKEN_ENV})")
+    parser.add_argument("--ca", help=f"PEM file of the CA that signed the front's certificate; set = TLS (default: ${security.CA_ENV})")
     args = parser.parse_args(argv)
-    problem = check(args.url, args.timeout)
+    try:
+        credentials = Credentials.resolve(args.token_file, args.ca)
+    except security.CredentialError as exc:
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        return 1
+    problem = check(args.url, args.timeout, credentials)
     if problem:
         print(f"unhealthy: {problem}", file=sys.stderr)
         return 1

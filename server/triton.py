@@ -95,16 +95,24 @@ def environment(triton: Triton) -> dict[str, str]:
     return env
 
 
+# Triton's APIs that no client of the product needs.  They are restricted at Triton itself
+# (a request must carry the admin key) besides not being routed by the front (server/front.py).
+ADMIN_APIS = ("model-repository", "shared-memory", "logging", "trace")
+ADMIN_HEADER = "admin-key"
+
+
 def command(
     triton: Triton,
     repository: Path,
     config_name: str | None,
-    host: str,
-    http_port: int,
-    grpc_port: int,
-    metrics_port: int,
+    ports: tuple[int, int, int],
+    admin_key: str,
+    shm_prefix: str,
     exit_timeout: int = EXIT_TIMEOUT_S,
 ) -> list[str]:
+    """Triton on loopback only (``ports``: HTTP, gRPC, metrics): clients reach it through the front."""
+    http_port, grpc_port, metrics_port = ports
+    restricted = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}={admin_key}"
     cmd = [
         str(triton.binary),
         f"--model-repository={repository}",
@@ -112,13 +120,18 @@ def command(
         "--model-control-mode=none",
         "--strict-readiness=true",
         "--exit-on-error=true",
-        f"--http-address={host}",
+        "--http-address=127.0.0.1",
         f"--http-port={http_port}",
-        f"--grpc-address={host}",
+        "--grpc-address=127.0.0.1",
         f"--grpc-port={grpc_port}",
         "--allow-metrics=true",
-        f"--metrics-address={host}",
+        "--metrics-address=127.0.0.1",
         f"--metrics-port={metrics_port}",
+        f"--http-restricted-api={restricted}",
+        f"--grpc-restricted-protocol={restricted}",
+        # The python backend's shared-memory regions are named with this prefix; Triton 2.51 names
+        # them in some errors (CVE-2025-23320), so it is random per start rather than guessable.
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
         # Triton's stop waits this long for requests in flight -- and for idle keep-alive HTTP
         # connections, which would otherwise hold every stop for its default 30 s.
         f"--exit-timeout-secs={exit_timeout}",

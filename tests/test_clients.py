@@ -396,19 +396,19 @@ def test_bench_measures_only_its_server(triton_server):
 
     memory = ServerMemory(triton_server.grpc_url)
     triton = [pid for pid in serving.descendants(triton_server.proc.pid) if Path(f"/proc/{pid}/comm").read_text().startswith("tritonserver")]
-    assert memory.pid in triton, (memory.pid, triton)
+    assert memory.pid == triton_server.proc.pid and triton, "alexnet-serve (front and Triton below it) is the server measured"
     assert 50 < memory.rss_mib() < 8000
 
 
 def test_bench_exits_non_zero_when_requests_fail(served_repository, photo_path, tmp_path):
-    """A server that refuses every image (its preprocess limited to 100 bytes): exit 1 and the reason."""
+    """A server that refuses every image (its preprocess limited to 100 pixels): exit 1 and the reason."""
     import re
     import shutil
 
     repo = tmp_path / "repo"
     shutil.copytree(served_repository, repo)
     config = repo / "preprocess" / "config.pbtxt"
-    config.write_text(re.sub(r'(key: "max_image_bytes"\s*value: \{ string_value: ")\d+', r"\g<1>100", config.read_text()))
+    config.write_text(re.sub(r'(key: "max_pixels"\s*value: \{ string_value: ")\d+', r"\g<1>100", config.read_text()))
     server = serving.start(repo, tmp_path / "triton.log")
     try:
         proc = run("clients.bench", "--url", server.grpc_url, "--concurrency", "1", "--duration", "1", "--warmup", "0", "--out", str(tmp_path / "b"))

@@ -366,20 +366,30 @@ def test_stop_is_prompt_with_idle_keepalive_connections(served_repository, tmp_p
 
 
 def test_oversized_requests_leave_the_server_up(triton_server, images):
-    """A 200 MB HTTP body and a 200 MB gRPC message: each gets an error, the server answers the next request."""
+    """A 200 MB HTTP body and a 200 MB gRPC message are refused at the front (413 / RESOURCE_EXHAUSTED);
+    an image one byte over preprocess's limit, inside the front's, is refused by preprocess: the two
+    limits are one.  The server answers the next request."""
     import http.client
 
     import tritonclient.grpc as grpcclient
 
+    from contract.security import MAX_IMAGE_BYTES
+
+    def post(image: bytes) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", triton_server.http_port, timeout=120)
+        header = json.dumps({"inputs": [{"name": "IMAGE_BYTES", "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": len(image) + 4}}]}).encode()
+        body = header + len(image).to_bytes(4, "little") + image
+        conn.request("POST", "/v2/models/classify/infer", body=body, headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"})
+        response = conn.getresponse()
+        text = response.read().decode(errors="replace")
+        conn.close()
+        return response.status, text
+
     big = b"\xff\xd8\xff" + bytes(200 * 2**20)  # a "JPEG" of 200 MB
-    conn = http.client.HTTPConnection("127.0.0.1", triton_server.http_port, timeout=120)
-    header = json.dumps({"inputs": [{"name": "IMAGE_BYTES", "shape": [1, 1], "datatype": "BYTES", "parameters": {"binary_data_size": len(big) + 4}}]}).encode()
-    body = header + len(big).to_bytes(4, "little") + big
-    conn.request("POST", "/v2/models/classify/infer", body=body, headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"})
-    response = conn.getresponse()
-    text = response.read().decode(errors="replace")
-    conn.close()
-    assert response.status == 400 and "too large" in text, (response.status, text[:300])
+    status, text = post(big)
+    assert status == 413 and "request body larger than" in text, (status, text[:300])
+    status, text = post(b"\xff\xd8\xff" + bytes(MAX_IMAGE_BYTES - 2))
+    assert status == 400 and "image too large" in text and f"{MAX_IMAGE_BYTES:,}" in text, (status, text[:300])
     client = grpcclient.InferenceServerClient(triton_server.grpc_url)
     inp = grpcclient.InferInput("IMAGE_BYTES", [1, 1], "BYTES")
     inp.set_data_from_numpy(np.array([[big]], dtype=object))

@@ -6,8 +6,8 @@ response per request -- an INVALID_ARG error naming the problem for a bad image,
 pixels for the others.  The pixels come from the shared ``imaging`` module, the same code
 training and the clients use (no train/serve skew).
 
-Memory is bounded per image: an encoded image over ``max_image_bytes`` is refused before it
-is decoded, one over ``max_pixels`` (or whose decoded size would pass imaging's
+Memory is bounded per image: an encoded image over ``contract.security.MAX_IMAGE_BYTES`` (the
+limit the server's front sizes its request cap from) is refused before it is decoded, one over ``max_pixels`` (or whose decoded size would pass imaging's
 MAX_DECODE_BYTES) is refused from its header, and a decode holds only its source and
 256x256 working images (imaging/pipeline.py).  With ``decode_threads`` decoding at once, the
 peak is about decode_threads x (MAX_DECODE_BYTES + 1 MB) (README, "Bounded memory").
@@ -27,6 +27,7 @@ import triton_python_backend_utils as pb_utils
 
 import imaging
 from contract import IMAGE, IMAGE_BYTES, gpu
+from contract.security import MAX_IMAGE_BYTES
 
 
 class TritonPythonModel:
@@ -35,7 +36,7 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         threads = int(params.get("decode_threads", "0")) or len(os.sched_getaffinity(0))
         self.max_pixels = int(params.get("max_pixels", imaging.MAX_PIXELS))
-        self.max_bytes = int(params.get("max_image_bytes", str(64 * 2**20)))
+        self.max_bytes = MAX_IMAGE_BYTES
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
         self.gpu = None  # imaging.gpu when JPEGs are decoded on the GPU
         where = params.get("decode_device", "auto")

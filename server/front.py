@@ -1,0 +1,305 @@
+"""The front door: nginx in front of Triton, the only thing clients reach.
+
+Triton 2.51 (the nvidia-pytriton wheel's) cannot be exposed as it is: one chunked HTTP request
+crashes it (CVE-2025-23310/23311), its admin APIs (repository, shared memory, logging, trace)
+answer anyone, and it asks nobody who they are.  Triton's own deployment guide puts it behind
+a gateway; this module writes that gateway's configuration -- nginx from Debian -- and
+``alexnet-serve`` starts, watches and stops it beside Triton, which listens on loopback only.
+
+What nginx does here, each a documented directive:
+- reads and buffers every request body before Triton sees a byte of it, and passes it on
+  with a Content-Length (so chunked framing never reaches Triton's HTTP server), refusing
+  bodies over ``contract.security.MAX_REQUEST_BYTES`` with 413 / RESOURCE_EXHAUSTED;
+- routes only inference, health, metadata, model config and statistics (HTTP paths and gRPC
+  methods listed below); everything else is 404 / UNIMPLEMENTED, admin APIs included;
+- with a token, answers any other call without ``Authorization: Bearer <token>`` with 401 /
+  UNAUTHENTICATED (health stays open for load balancers and probes);
+- with a certificate, speaks TLS (1.2+), and with a client CA, asks for client certificates;
+- answers Triton's 500s with one fixed line (Triton words some of them with internal names);
+- bounds slow and idle connections (header, body and send timeouts; connections per address)
+  and answers in Triton's own error shapes, so clients print one readable line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from contract.security import MAX_REQUEST_BYTES
+
+# The HTTP/REST paths clients may use (KServe v2; Triton's model config and statistics
+# extensions).  /v2/repository, /v2/logging, /v2/trace, /v2/systemsharedmemory,
+# /v2/cudasharedmemory and /v2/models/<m>/trace are not among them.
+HTTP_OPEN = r"^/v2/health/(live|ready)$"
+HTTP_ROUTES = (r"^/v2$", r"^/v2/models/[A-Za-z0-9_][A-Za-z0-9_.-]*(/versions/[0-9]+)?(/ready|/config|/stats|/infer)?$")
+# The gRPC methods clients may call (inference.GRPCInferenceService); the standard gRPC health
+# check is open like HTTP's health.  Streaming inference is left out: no model here is decoupled.
+GRPC_SERVICE = "inference.GRPCInferenceService"
+GRPC_OPEN = ("ServerLive", "ServerReady", "ModelReady")
+GRPC_ROUTES = ("ServerMetadata", "ModelMetadata", "ModelInfer", "ModelConfig", "ModelStatistics")
+
+# Bounds on what one client can hold (nginx directives; README, "Security").
+CLIENT_HEADER_TIMEOUT_S = 10  # the request line and headers must arrive within this
+CLIENT_BODY_TIMEOUT_S = 30  # the longest pause between two reads of a body
+SEND_TIMEOUT_S = 30  # the longest pause between two writes of a response
+KEEPALIVE_TIMEOUT_S = 65  # an idle connection is closed after this
+UPSTREAM_TIMEOUT_S = 120  # the longest wait for Triton's answer (its own queues time out first)
+BODY_IN_MEMORY = "1m"  # per connection; a larger body is buffered to a file in the work folder
+CONNECTIONS_PER_ADDRESS = 256  # behind a gateway every caller shares its address: keep it generous
+WORKER_CONNECTIONS = 2048
+
+
+class FrontError(RuntimeError):
+    """The front cannot start: nginx missing, a bad setting, or nginx refused its configuration."""
+
+
+@dataclass(frozen=True)
+class Tls:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None  # set: every connection must present a certificate it signed
+
+
+@dataclass(frozen=True)
+class Ports:
+    http: int
+    grpc: int
+    metrics: int
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and 'localhost': nobody off this machine can connect."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def probe_host(host: str) -> str:
+    """The address to reach a server bound to ``host`` from this machine."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def find_nginx() -> Path:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").is_file() else None)
+    if not found:
+        raise FrontError("nginx is not installed: run `make install` (it installs Debian's nginx) or apt-get install nginx")
+    return Path(found)
+
+
+def _listen(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _tls_lines(tls: Tls | None) -> str:
+    if tls is None:
+        return ""
+    lines = [f"ssl_certificate {tls.cert};", f"ssl_certificate_key {tls.key};", "ssl_protocols TLSv1.2 TLSv1.3;",
+             "ssl_session_cache shared:tls:1m;"]  # fmt: skip
+    if tls.client_ca:
+        lines += [f"ssl_client_certificate {tls.client_ca};", "ssl_verify_client on;"]
+    return "\n        ".join(lines)
+
+
+def _auth(token: str | None) -> str:
+    """The map nginx checks $http_authorization with (the token is a b64token: no quoting issue)."""
+    if token is None:
+        return "map $http_authorization $authorized { default 1; }"
+    return f'map $http_authorization $authorized {{ default 0; "Bearer {token}" 1; }}'
+
+
+def _json(status: int, message: str) -> str:
+    return f"return {status} '{{\"error\":\"{message}\"}}';"
+
+
+def _grpc_status(code: int, message: str) -> str:
+    # gRPC's "Trailers-Only" answer: the status in the headers of an empty response.
+    return (f"default_type application/grpc; add_header grpc-status {code} always; "
+            f'add_header grpc-message "{message}" always; return 204;')  # fmt: skip
+
+
+def render(workdir: Path, host: str, public: Ports, triton: Ports, token: str | None, tls: Tls | None, drain_s: float) -> str:
+    """nginx.conf for one alexnet-serve: public ports on ``host``, Triton's on loopback.
+
+    ``drain_s``: on a graceful stop (SIGQUIT), how long requests in flight get before nginx closes them."""
+    ssl_flag = " ssl" if tls else ""
+    too_large = f"request body larger than {MAX_REQUEST_BYTES} bytes (one image may be up to {MAX_REQUEST_BYTES - 2**20} bytes)"
+    unavailable = "the model server is not available right now; retry"
+    auth = "if ($authorized = 0) { return 401; }"
+    proxy = """proxy_pass http://triton_http;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "";
+            proxy_set_header admin-key "";
+            proxy_intercept_errors on;"""
+    grpc = """grpc_pass grpc://triton_grpc;
+            grpc_set_header Authorization "";
+            grpc_set_header admin-key "";"""
+    http_routes = "\n".join(
+        f"""        location ~ "{pattern}" {{
+            {auth}
+            {proxy}
+        }}"""
+        for pattern in HTTP_ROUTES
+    )
+    return f"""# Written by alexnet-serve for this start only (server/front.py); not for editing.
+daemon off;
+master_process on;
+worker_processes 1;
+worker_shutdown_timeout {max(1, round(drain_s))}s;
+worker_rlimit_nofile {2 * WORKER_CONNECTIONS + 64};
+pid {workdir}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections {WORKER_CONNECTIONS}; }}
+http {{
+    access_log off;
+    server_tokens off;
+    default_type application/json;
+    client_body_temp_path {workdir}/body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+
+    client_max_body_size {MAX_REQUEST_BYTES};
+    client_body_buffer_size {BODY_IN_MEMORY};
+    client_header_timeout {CLIENT_HEADER_TIMEOUT_S}s;
+    client_body_timeout {CLIENT_BODY_TIMEOUT_S}s;
+    send_timeout {SEND_TIMEOUT_S}s;
+    keepalive_timeout {KEEPALIVE_TIMEOUT_S}s;
+    reset_timedout_connection on;
+    large_client_header_buffers 4 16k;
+    limit_conn_zone $binary_remote_addr zone=per_address:1m;
+    limit_conn per_address {CONNECTIONS_PER_ADDRESS};
+    limit_conn_status 429;
+    proxy_read_timeout {UPSTREAM_TIMEOUT_S}s;
+    proxy_send_timeout {UPSTREAM_TIMEOUT_S}s;
+    grpc_read_timeout {UPSTREAM_TIMEOUT_S}s;
+    grpc_send_timeout {UPSTREAM_TIMEOUT_S}s;
+
+    {_auth(token)}
+    # The raw path as sent: one that needs decoding or normalising is not a path we serve.
+    map $request_uri $plain_path {{ "~^(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$" 1; default 0; }}
+
+    upstream triton_http {{ server 127.0.0.1:{triton.http}; keepalive 32; }}
+    upstream triton_grpc {{ server 127.0.0.1:{triton.grpc}; keepalive 32; }}
+    upstream triton_metrics {{ server 127.0.0.1:{triton.metrics}; }}
+
+    server {{
+        listen {_listen(host, public.http)}{ssl_flag};
+        {_tls_lines(tls)}
+        if ($plain_path = 0) {{ {_json(404, "not found")} }}
+        error_page 401 = @unauthenticated;
+        error_page 413 = @too_large;
+        error_page 429 = @too_many;
+        error_page 500 = @internal;
+        error_page 502 503 504 = @unavailable;
+        location @unauthenticated {{ add_header WWW-Authenticate "Bearer" always; {_json(401, "unauthenticated: missing or wrong bearer token")} }}
+        location @too_large {{ {_json(413, too_large)} }}
+        location @too_many {{ {_json(429, "too many connections from this address; retry")} }}
+        location @internal {{ {_json(500, "the model server could not process this request: a malformed request body, or a fault of its own (its log has the details)")} }}
+        location @unavailable {{ {_json(503, unavailable)} }}
+        location ~ "{HTTP_OPEN}" {{
+            {proxy}
+        }}
+{http_routes}
+        location / {{ {_json(404, "not found")} }}
+    }}
+
+    server {{
+        listen {_listen(host, public.grpc)}{ssl_flag} http2;
+        {_tls_lines(tls)}
+        error_page 401 = @unauthenticated;
+        error_page 404 = @unimplemented;
+        error_page 413 = @too_large;
+        error_page 429 = @too_many;
+        error_page 502 503 504 = @unavailable;
+        location @unauthenticated {{ {_grpc_status(16, "missing or wrong bearer token")} }}
+        location @unimplemented {{ {_grpc_status(12, "not a method this server offers")} }}
+        location @too_large {{ {_grpc_status(8, too_large)} }}
+        location @too_many {{ {_grpc_status(8, "too many connections from this address; retry")} }}
+        location @unavailable {{ {_grpc_status(14, unavailable)} }}
+        location ~ "^/({GRPC_SERVICE.replace(".", "[.]")}/({"|".join(GRPC_OPEN)})|grpc[.]health[.]v1[.]Health/Check)$" {{
+            {grpc}
+        }}
+        location ~ "^/{GRPC_SERVICE.replace(".", "[.]")}/({"|".join(GRPC_ROUTES)})$" {{
+            {auth}
+            {grpc}
+        }}
+        location / {{ return 404; }}
+    }}
+
+    server {{
+        listen {_listen(host, public.metrics)}{ssl_flag};
+        {_tls_lines(tls)}
+        error_page 401 = @unauthenticated;
+        error_page 502 503 504 = @unavailable;
+        location @unauthenticated {{ add_header WWW-Authenticate "Bearer" always; {_json(401, "unauthenticated: missing or wrong bearer token")} }}
+        location @unavailable {{ {_json(503, unavailable)} }}
+        location = /metrics {{
+            {auth}
+            proxy_pass http://triton_metrics;
+            proxy_set_header Authorization "";
+        }}
+        location / {{ {_json(404, "not found")} }}
+    }}
+}}
+"""
+
+
+def write_config(workdir: Path, host: str, public: Ports, triton: Ports, token: str | None, tls: Tls | None, drain_s: float) -> Path:
+    """nginx.conf in ``workdir`` (0600: it holds the token), checked by ``nginx -t``; FrontError with nginx's words.
+
+    Started as root, nginx's workers run as ``nobody``: they get into ``workdir`` (made
+    traversable, not listable) and nginx itself hands them its temporary folders."""
+    workdir.mkdir(mode=0o700, exist_ok=True)
+    if os.geteuid() == 0:
+        for folder in (workdir.parent, workdir):
+            folder.chmod(0o711)
+    path = workdir / "nginx.conf"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(render(workdir, host, public, triton, token, tls, drain_s))
+    check = subprocess.run([*command(find_nginx(), path), "-t", "-q"], capture_output=True, text=True, timeout=60)
+    if check.returncode != 0:
+        words = [line.replace(str(path), "nginx.conf") for line in (check.stderr or check.stdout).splitlines() if line.strip()]
+        raise FrontError("nginx refused the front's configuration: " + "; ".join(words[-3:]))
+    return path
+
+
+def command(nginx: Path, config: Path) -> list[str]:
+    # -e: the early error log nginx opens before reading the configuration (the default is
+    # under /var/log, which a non-root user cannot write); -p: relative paths stay here.
+    return [str(nginx), "-p", str(config.parent), "-e", "stderr", "-c", str(config)]
+
+
+def answer(url: str, tls: bool, timeout: float = 2.0) -> int | None:
+    """The front's HTTP status for /v2/health/ready (200: it is up and Triton behind it is ready;
+    503: up, Triton not ready), or None when nothing answers."""
+    context = None
+    if tls:
+        # Our own front on this machine: the certificate is the operator's to check, not ours.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    scheme = "https" if tls else "http"
+    try:
+        with urllib.request.urlopen(f"{scheme}://{url}/v2/health/ready", timeout=timeout, context=context) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ssl.SSLError):
+        return None
