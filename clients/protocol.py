@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,10 @@ from tritonclient.utils import InferenceServerException
 
 from contract import security
 from contract.security import Credentials
+
+# gRPC's C core would print a failed TLS handshake on stderr itself, beside the one line the
+# CLIs print; its errors still come through (set GRPC_VERBOSITY to see more).
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
 PROTOCOLS = tuple(DEFAULT_URLS)

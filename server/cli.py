@@ -293,6 +293,8 @@ def serve(args: argparse.Namespace) -> int:
     repository = args.repository.resolve()
     server = triton.find()
     guard = exposure(args)
+    for warning in guard.warnings:
+        print(f"alexnet-serve: WARNING: {warning}", file=sys.stderr, flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="alexnet-serve-"))
     log_path = args.log_file or workdir / "tritonserver.log"
     front_log = log_path.with_name(f"{log_path.stem}.front.log")
@@ -329,8 +331,6 @@ def serve(args: argparse.Namespace) -> int:
                 raise _Failed()
             return proc
 
-        for warning in guard.warnings:
-            print(f"alexnet-serve: WARNING: {warning}", file=sys.stderr, flush=True)
         auth = "bearer token required" if guard.token else "no token"
         print(f"alexnet-serve: starting Triton ({server.source}) on {repository}, alexnet config '{config}' ({why}); "
               f"front: nginx, {'TLS' if guard.tls else 'plain text'}{', client certificates' if guard.tls and guard.tls.client_ca else ''}, {auth}", flush=True)  # fmt: skip

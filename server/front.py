@@ -37,8 +37,9 @@ from contract.security import MAX_REQUEST_BYTES
 # The HTTP/REST paths clients may use (KServe v2; Triton's model config and statistics
 # extensions).  /v2/repository, /v2/logging, /v2/trace, /v2/systemsharedmemory,
 # /v2/cudasharedmemory and /v2/models/<m>/trace are not among them.
-HTTP_OPEN = r"^/v2/health/(live|ready)$"
-HTTP_ROUTES = (r"^/v2$", r"^/v2/models/[A-Za-z0-9_][A-Za-z0-9_.-]*(/versions/[0-9]+)?(/ready|/config|/stats|/infer)?$")
+_MODEL = r"/v2/models/[A-Za-z0-9_][A-Za-z0-9_.-]*(/versions/[0-9]+)?"
+HTTP_OPEN = (r"^/v2/health/(live|ready)$", rf"^{_MODEL}/ready$")  # health: no token, like gRPC's below
+HTTP_ROUTES = (r"^/v2$", rf"^{_MODEL}(/config|/stats|/infer)?$")
 # The gRPC methods clients may call (inference.GRPCInferenceService); the standard gRPC health
 # check is open like HTTP's health.  Streaming inference is left out: no model here is decoupled.
 GRPC_SERVICE = "inference.GRPCInferenceService"
@@ -150,10 +151,10 @@ def render(workdir: Path, host: str, public: Ports, triton: Ports, token: str | 
             grpc_set_header admin-key "";"""
     http_routes = "\n".join(
         f"""        location ~ "{pattern}" {{
-            {auth}
+            {auth if pattern in HTTP_ROUTES else ""}
             {proxy}
         }}"""
-        for pattern in HTTP_ROUTES
+        for pattern in (*HTTP_OPEN, *HTTP_ROUTES)
     )
     return f"""# Written by alexnet-serve for this start only (server/front.py); not for editing.
 daemon off;
@@ -180,6 +181,8 @@ http {{
     client_body_timeout {CLIENT_BODY_TIMEOUT_S}s;
     send_timeout {SEND_TIMEOUT_S}s;
     keepalive_timeout {KEEPALIVE_TIMEOUT_S}s;
+    # nginx's default (1000 requests, then GOAWAY) makes busy gRPC clients see "Stream removed".
+    keepalive_requests 1000000;
     reset_timedout_connection on;
     large_client_header_buffers 4 16k;
     limit_conn_zone $binary_remote_addr zone=per_address:1m;
@@ -212,9 +215,6 @@ http {{
         location @too_many {{ {_json(429, "too many connections from this address; retry")} }}
         location @internal {{ {_json(500, "the model server could not process this request: a malformed request body, or a fault of its own (its log has the details)")} }}
         location @unavailable {{ {_json(503, unavailable)} }}
-        location ~ "{HTTP_OPEN}" {{
-            {proxy}
-        }}
 {http_routes}
         location / {{ {_json(404, "not found")} }}
     }}
@@ -230,7 +230,7 @@ http {{
         location @unauthenticated {{ {_grpc_status(16, "missing or wrong bearer token")} }}
         location @unimplemented {{ {_grpc_status(12, "not a method this server offers")} }}
         location @too_large {{ {_grpc_status(8, too_large)} }}
-        location @too_many {{ {_grpc_status(8, "too many connections from this address; retry")} }}
+        location @too_many {{ {_grpc_status(14, "too many connections from this address; retry")} }}
         location @unavailable {{ {_grpc_status(14, unavailable)} }}
         location ~ "^/({GRPC_SERVICE.replace(".", "[.]")}/({"|".join(GRPC_OPEN)})|grpc[.]health[.]v1[.]Health/Check)$" {{
             {grpc}

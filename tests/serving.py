@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -46,13 +47,29 @@ class Server:
     def url(self, protocol: str) -> str:
         return self.http_url if protocol == "http" else self.grpc_url
 
+    def triton_ports(self) -> tuple[int, int, int]:
+        """Triton's own loopback ports behind the front, as alexnet-serve printed them."""
+        text = self.log.with_suffix(".out").read_text()
+        found = re.search(r"loopback only \(HTTP (\d+), gRPC (\d+), metrics (\d+)\)", text)
+        assert found, f"alexnet-serve did not print Triton's ports:\n{text[-2000:]}"
+        return tuple(int(p) for p in found.groups())  # type: ignore[return-value]
+
+    def triton_pid(self) -> int:
+        """The tritonserver process under alexnet-serve."""
+        pids = [pid for pid in descendants(self.proc.pid) if Path(f"/proc/{pid}/comm").read_text().startswith("tritonserver")]
+        assert len(pids) == 1, f"expected one tritonserver under alexnet-serve, found {pids}"
+        return pids[0]
+
     def stop(self, timeout: float = 60) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=timeout)
 
 
-def start(repository: Path, log: Path, config: str = "cpu-f32", timeout: float = 240, extra: tuple[str, ...] = ()) -> Server:
+def start(repository: Path, log: Path, config: str = "cpu-f32", timeout: float = 240, extra: tuple[str, ...] = (), env: dict | None = None,
+          ca: Path | None = None) -> Server:  # fmt: skip
+    """alexnet-serve on free loopback ports; ``env`` adds to the environment (a token file, say);
+    ``ca``: the front speaks TLS with a certificate this CA signed."""
     import tritonclient.http as httpclient
 
     http_port, grpc_port, metrics_port = free_ports(3)
@@ -64,7 +81,7 @@ def start(repository: Path, log: Path, config: str = "cpu-f32", timeout: float =
         *(extra if "--health-interval" in extra else ("--health-interval", "0", *extra)),
     ]  # fmt: skip
     out = open(log.with_suffix(".out"), "w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
     server = Server(proc, repository, http_port, grpc_port, metrics_port, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -72,7 +89,7 @@ def start(repository: Path, log: Path, config: str = "cpu-f32", timeout: float =
             raise RuntimeError(f"alexnet-serve exited with {proc.returncode}:\n{log.with_suffix('.out').read_text()[-3000:]}")
         # A fresh connection each time, closed at once: Triton's graceful shutdown waits
         # for idle keep-alive HTTP connections to go away.
-        client = httpclient.InferenceServerClient(server.http_url)
+        client = httpclient.InferenceServerClient(server.http_url, **({"ssl": True, "ssl_options": {"ca_certs": str(ca)}} if ca else {}))
         try:
             if client.is_server_ready():
                 return server
