@@ -195,22 +195,32 @@ def print_table(levels: list[Level]) -> None:
         lat = lv.latency_ms
         split = lv.server_ms.get("alexnet", {})
         extra = f"  q {split.get('queue', 0):.1f}  infer {split.get('compute_infer', 0):.1f}  b {split.get('avg_batch', 0):.1f}" if split else ""
+        if not lat:  # a slow or busy machine: no request finished inside the level's time
+            print(f"{lv.target:<18}{lv.concurrency:>5}  no request completed within {lv.seconds:.0f} s ({lv.errors} errors): raise --duration")
+            continue
         print(f"{lv.target:<18}{lv.concurrency:>5}{lv.throughput:>9.2f}" + "".join(f"{lat.get(k, float('nan')):>9.1f}" for k in ("p50", "p90", "p95", "p99", "max"))
               + f"{lv.errors:>5}{extra}")  # fmt: skip
 
 
 def print_ratios(levels: list[Level], target: str, baseline: str) -> None:
-    """Per concurrency: ``target``'s throughput over ``baseline``'s, and its p50 minus the baseline's."""
-    by = {(lv.target, lv.concurrency): lv for lv in levels}
-    for (name, c), lv in by.items():
-        base = by.get((baseline, c))
-        if name != target or base is None:
+    """Per concurrency: ``target``'s throughput over ``baseline``'s and its p50 minus the baseline's,
+    each level against the baseline level run right after it.  A concurrency listed more than once
+    (``--concurrency 8,8,8``) is pooled: throughput summed over its rounds, the median p50 difference."""
+    pairs: dict[int, list[tuple[Level, Level]]] = {}
+    for i, lv in enumerate(levels):
+        if lv.target != target:
             continue
-        if not lv.throughput or not base.throughput or "p50" not in lv.latency_ms or "p50" not in base.latency_ms:
+        base = next((b for b in levels[i + 1 :] if b.target == baseline and b.concurrency == lv.concurrency), None)
+        if base is not None:
+            pairs.setdefault(lv.concurrency, []).append((lv, base))
+    for c, rounds in pairs.items():
+        done = [(a, b) for a, b in rounds if "p50" in a.latency_ms and "p50" in b.latency_ms and b.throughput]
+        if not done:
             print(f"{target} vs {baseline} at {c} client(s): no completed requests to compare")
             continue
-        print(f"{target} vs {baseline} at {c} client(s): throughput {lv.throughput / base.throughput:.3f}x, "
-              f"p50 {lv.latency_ms['p50'] - base.latency_ms['p50']:+.1f} ms")  # fmt: skip
+        ratio = sum(a.throughput for a, _ in done) / sum(b.throughput for _, b in done)
+        delta = float(np.median([a.latency_ms["p50"] - b.latency_ms["p50"] for a, b in done]))
+        print(f"{target} vs {baseline} at {c} client(s), {len(done)} round(s): throughput {ratio:.3f}x, p50 {delta:+.1f} ms")
 
 
 def write_outputs(out: Path, levels: list[Level], meta: dict) -> None:

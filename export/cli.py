@@ -61,7 +61,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax")
     g.add_argument("--gate-images", type=int, default=500, help="held-back images for the gates (plus 16 photo views); 0 = the photo views alone")
     g.add_argument("--accept-disagreement", action="store_true",
-                   help=f"write even when a reduced precision agrees with fp32 on under {check.MIN_AGREEMENT:.1%} (noted in export.json)")  # fmt: skip
+                   help=f"write even when a reduced precision agrees with fp32 on under {check.MIN_AGREEMENT * 100:.1f}%% (noted in export.json)")  # fmt: skip
     parser.add_argument("--formats", default="onnx", metavar="onnx,torchscript",
                         help="files to write: onnx (model.onnx: the CPU configs, onnxruntime, TensorRT's source) and/or "
                              "torchscript (model.pt: the pytorch config)")  # fmt: skip

@@ -287,9 +287,11 @@ def main() -> int:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(paths["site"]), str(ROOT)])}
     if paths["libpy"]:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [env.get("LD_LIBRARY_PATH"), paths["libpy"]]))
+    # The GPU machine may have no nginx (nothing can be installed there): then Triton alone on loopback.
+    front = "nginx" if shutil.which("nginx") or Path("/usr/sbin/nginx").is_file() else "none"
     serve = subprocess.Popen([str(paths["stub_python"]), "-m", "server", "--repository", str(served), "--config", "pytorch",
                               "--http-port", str(HTTP_PORT), "--grpc-port", str(HTTP_PORT + 1), "--metrics-port", str(HTTP_PORT + 2),
-                              "--health-interval", "0", "--log-file", str(args.out / "triton.log")],
+                              "--health-interval", "0", "--log-file", str(args.out / "triton.log"), "--front", front],
                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
     ready = False
     deadline = time.monotonic() + 240
@@ -298,7 +300,7 @@ def main() -> int:
         if "ready." in line:
             ready = True
             break
-    report["server"] = {"ready": ready, "start_to_ready_s": round(time.perf_counter() - t0, 1)}
+    report["server"] = {"ready": ready, "start_to_ready_s": round(time.perf_counter() - t0, 1), "front": front}
     if not ready:
         report["server"]["output"] = serve.stdout.read()[-2000:] if serve.poll() is not None else ""
         _stop(serve)

@@ -101,6 +101,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     security_group.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: the front then requires client certificates it signed")
     security_group.add_argument("--insecure", action="store_true",
                                 help="allow a --host beyond loopback without a token or TLS (warned about at start)")  # fmt: skip
+    security_group.add_argument("--front", choices=("nginx", "none"), default="nginx",
+                                help="none: no front, Triton's own ports on a loopback --host (to measure Triton alone, or on a machine "
+                                     "without nginx); never for exposing")  # fmt: skip
     security_group.add_argument("--admin-key-file", type=Path,
                                 help=f"file holding the key Triton's admin APIs require (default: ${ADMIN_KEY_FILE_ENV}, else random per start)")  # fmt: skip
     security_group.add_argument("--triton-ports", type=_ports, metavar="HTTP,GRPC,METRICS",
@@ -210,7 +213,12 @@ def exposure(args: argparse.Namespace) -> Exposure:
     elif args.tls_client_ca:
         raise ServeError("--tls-client-ca needs --tls-cert and --tls-key")
     warnings: list[str] = []
-    if not front.is_loopback(args.host):
+    if args.front == "none":
+        if not front.is_loopback(args.host) or token or tls:
+            raise ServeError("--front none serves Triton's own ports on a loopback --host, without token or TLS; "
+                             "a token, TLS or another host need the nginx front")  # fmt: skip
+        warnings.append("--front none: clients reach Triton 2.51's own ports on loopback (no body cap, no routing); for measuring, not for exposing")
+    elif not front.is_loopback(args.host):
         missing = [what for what, present in (("a bearer token (--token-file or $ALEXNET_TOKEN_FILE)", token), ("TLS (--tls-cert and --tls-key)", tls)) if not present]  # fmt: skip
         if missing and not args.insecure:
             raise ServeError(f"--host {args.host} is reachable from other machines: it needs {' and '.join(missing)}, "
@@ -244,7 +252,7 @@ def _triton_ready(url: str) -> Callable[[], bool]:
     return probe
 
 
-def _watch(triton_proc: Process, front_proc: Process, stop: threading.Event, urls: tuple[str, str], tls: bool, args: argparse.Namespace) -> str:
+def _watch(triton_proc: Process, front_proc: Process | None, stop: threading.Event, urls: tuple[str, str], tls: bool, args: argparse.Namespace) -> str:
     """Block until a stop is asked for ("stop"), a child exits ("triton exited", "front exited")
     or fails its checks ("triton unhealthy: why", "front unhealthy: why").
 
@@ -258,8 +266,9 @@ def _watch(triton_proc: Process, front_proc: Process, stop: threading.Event, url
         failures = {"triton": 0, "front": 0}
         while not done.wait(args.health_interval):
             problems = {"triton": health.check(triton_url)}
-            status = front.answer(public_url, tls, timeout=10)
-            problems["front"] = None if status == 200 or (status == 503 and problems["triton"]) else f"its readiness answer was {status or 'nothing'}"
+            if front_proc is not None:
+                status = front.answer(public_url, tls, timeout=10)
+                problems["front"] = None if status == 200 or (status == 503 and problems["triton"]) else f"its readiness answer was {status or 'nothing'}"
             for who, problem in problems.items():
                 failures[who] = failures[who] + 1 if problem else 0
                 if failures[who] >= args.health_failures and not done.is_set():
@@ -272,7 +281,7 @@ def _watch(triton_proc: Process, front_proc: Process, stop: threading.Event, url
         while not stop.wait(0.2):
             if triton_proc.proc.poll() is not None:
                 return "triton exited"
-            if front_proc.proc.poll() is not None:
+            if front_proc is not None and front_proc.proc.poll() is not None:
                 return "front exited"
             if verdict:
                 return verdict[0]
@@ -305,16 +314,20 @@ def serve(args: argparse.Namespace) -> int:
         server = triton.prepare_wheel_backends(server, workdir)
         config, why = choose_config(args.config, repository, triton.backends(server), gpu.visible_gpus(), gpu.libnvinfer_version())
         check_repository(repository, config)
-        inner = front.Ports(*(args.triton_ports or _free_ports(3)))
         public = front.Ports(args.http_port, args.grpc_port, args.metrics_port)
-        try:
-            nginx = front.find_nginx()
-            conf = front.write_config(workdir / "front", args.host, public, inner, guard.token, guard.tls, args.drain_timeout)
-        except front.FrontError as exc:
-            raise ServeError(str(exc)) from None
+        with_front = args.front == "nginx"
+        inner = front.Ports(*(args.triton_ports or _free_ports(3))) if with_front else public
+        triton_host = "127.0.0.1" if with_front else args.host
+        if with_front:
+            try:
+                nginx = front.find_nginx()
+                conf = front.write_config(workdir / "front", args.host, public, inner, guard.token, guard.tls, args.drain_timeout)
+            except front.FrontError as exc:
+                raise ServeError(str(exc)) from None
         cmd = triton.command(server, repository, CONFIGS[config].model_config_name, (inner.http, inner.grpc, inner.metrics),
-                             guard.admin_key, f"alexnet_{secrets.token_hex(8)}_", exit_timeout=max(1, round(args.drain_timeout)))  # fmt: skip
-        triton_url = f"127.0.0.1:{inner.http}"
+                             guard.admin_key, f"alexnet_{secrets.token_hex(8)}_", exit_timeout=max(1, round(args.drain_timeout)),
+                             address=triton_host)  # fmt: skip
+        triton_url = f"{front.probe_host(triton_host)}:{inner.http}"
         public_url = f"{front.probe_host(args.host)}:{args.http_port}"
 
         def on_signal(signum, _frame):
@@ -332,9 +345,10 @@ def serve(args: argparse.Namespace) -> int:
             return proc
 
         auth = "bearer token required" if guard.token else "no token"
-        print(f"alexnet-serve: starting Triton ({server.source}) on {repository}, alexnet config '{config}' ({why}); "
-              f"front: nginx, {'TLS' if guard.tls else 'plain text'}{', client certificates' if guard.tls and guard.tls.client_ca else ''}, {auth}", flush=True)  # fmt: skip
-        front_proc = start_front()
+        front_words = (f"front: nginx, {'TLS' if guard.tls else 'plain text'}{', client certificates' if guard.tls and guard.tls.client_ca else ''}, {auth}"
+                       if with_front else "no front")  # fmt: skip
+        print(f"alexnet-serve: starting Triton ({server.source}) on {repository}, alexnet config '{config}' ({why}); {front_words}", flush=True)
+        front_proc = start_front() if with_front else None
         restarts = 0
         while True:
             triton_proc = Process(cmd, triton.environment(server), log_path, args.verbose)
@@ -348,9 +362,9 @@ def serve(args: argparse.Namespace) -> int:
             if restarts == 0:
                 scheme = "https" if guard.tls else "http"
                 print(f"alexnet-serve: ready. HTTP {scheme}://{args.host}:{args.http_port}  gRPC {args.host}:{args.grpc_port}  "
-                      f"metrics {scheme}://{args.host}:{args.metrics_port}/metrics  (Ctrl-C stops)\n"
-                      f"alexnet-serve: Triton itself listens on loopback only (HTTP {inner.http}, gRPC {inner.grpc}, metrics {inner.metrics}); "
-                      f"its admin APIs ({', '.join(triton.ADMIN_APIS)}) need the admin key", flush=True)  # fmt: skip
+                      f"metrics {scheme}://{args.host}:{args.metrics_port}/metrics  (Ctrl-C stops)", flush=True)  # fmt: skip
+                where = f"on loopback only (HTTP {inner.http}, gRPC {inner.grpc}, metrics {inner.metrics})" if with_front else "on the ports above"
+                print(f"alexnet-serve: Triton itself listens {where}; its admin APIs ({', '.join(triton.ADMIN_APIS)}) need the admin key", flush=True)
             else:
                 print(f"alexnet-serve: ready again after restart {restarts} of {args.max_restarts}", flush=True)
             while True:
@@ -387,9 +401,9 @@ class _Failed(Exception):
     """A child could not start; what went wrong is already printed."""
 
 
-def _stop(front_proc: Process, triton_proc: Process, drain: float) -> int:
+def _stop(front_proc: Process | None, triton_proc: Process, drain: float) -> int:
     """The front first (no new requests; those in flight are answered), then Triton."""
-    front_code = front_proc.stop(drain, signal.SIGQUIT)
+    front_code = front_proc.stop(drain, signal.SIGQUIT) if front_proc is not None else 0
     code = triton_proc.stop(drain)
     if front_code != 0:
         print(f"alexnet-serve: the front (nginx) exited with code {front_code} on stop", file=sys.stderr)

@@ -109,8 +109,9 @@ def command(
     admin_key: str,
     shm_prefix: str,
     exit_timeout: int = EXIT_TIMEOUT_S,
+    address: str = "127.0.0.1",
 ) -> list[str]:
-    """Triton on loopback only (``ports``: HTTP, gRPC, metrics): clients reach it through the front."""
+    """Triton on ``address`` (loopback; ``ports``: HTTP, gRPC, metrics): clients reach it through the front."""
     http_port, grpc_port, metrics_port = ports
     restricted = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}={admin_key}"
     cmd = [
@@ -120,12 +121,12 @@ def command(
         "--model-control-mode=none",
         "--strict-readiness=true",
         "--exit-on-error=true",
-        "--http-address=127.0.0.1",
+        f"--http-address={address}",
         f"--http-port={http_port}",
-        "--grpc-address=127.0.0.1",
+        f"--grpc-address={address}",
         f"--grpc-port={grpc_port}",
         "--allow-metrics=true",
-        "--metrics-address=127.0.0.1",
+        f"--metrics-address={address}",
         f"--metrics-port={metrics_port}",
         f"--http-restricted-api={restricted}",
         f"--grpc-restricted-protocol={restricted}",

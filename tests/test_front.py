@@ -257,6 +257,8 @@ def test_a_host_beyond_loopback_needs_a_token_and_tls(served_repository):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     proc = _run("server", "--repository", "/nonexistent", "--host", "0.0.0.0", "--insecure", timeout=60)
     assert "WARNING" in proc.stderr and "WITHOUT" in proc.stderr, proc.stderr
+    proc = _run("server", "--repository", str(served_repository), "--host", "0.0.0.0", "--front", "none", "--insecure", timeout=60)
+    assert proc.returncode == 2 and "--front none serves Triton's own ports on a loopback --host" in proc.stderr, proc.stderr
 
 
 # --- exposed: --host 0.0.0.0, in network namespaces -------------------------------------------------

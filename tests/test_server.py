@@ -399,3 +399,16 @@ def test_oversized_requests_leave_the_server_up(triton_server, images):
     client.close()
     assert classify(triton_server, "grpc", images["jpeg"]).shape == (1, 3)
     assert classify(triton_server, "http", images["jpeg"]).shape == (1, 3)
+
+
+def test_alexnet_declares_its_input_format(triton_server, served_repository):
+    """Clients that prepare images from the model's config (Triton's image_client requires NCHW or
+    NHWC) can use alexnet: every config variant declares FORMAT_NCHW, and the server reports it."""
+    import tritonclient.http as httpclient
+
+    for path in sorted((served_repository / "alexnet").glob("**/*.pbtxt")):
+        assert "format: FORMAT_NCHW" in path.read_text(), f"{path.name} declares no input format"
+    client = httpclient.InferenceServerClient(triton_server.http_url)
+    config = client.get_model_config("alexnet")
+    client.close()
+    assert config["input"][0]["format"] == "FORMAT_NCHW", config["input"]
