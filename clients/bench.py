@@ -4,6 +4,7 @@
     alexnet-bench --model alexnet --protocol http --images photos/ --out bench-results
     alexnet-bench --batch 8 --concurrency 64 --processes 8 --duration 30     # heavy load (GPU servers)
     alexnet-bench --soak 1800 --concurrency 8                                # saturation, errors and RSS over time
+    alexnet-bench --arrival-rates 30,120 --duration 60                       # open loop: 1x and 4x what 2 cores take
     alexnet-bench --scenario singlestream --duration 30      # MLPerf LoadGen, the server as SUT
 
 Per concurrency level: throughput (images/s), latency p50/p90/p95/p99/max and errors;
@@ -33,7 +34,7 @@ import numpy as np
 
 import imaging
 from clients.label import walk
-from clients.load import PERCENTILES, Level, ServerMemory, run_level, server_split
+from clients.load import PERCENTILES, Level, ServerMemory, run_level, run_open_level, server_split
 from clients.protocol import DEFAULT_URLS, PROTOCOLS, Connection, ServerError, add_credential_arguments, bytes_batch, credentials_from
 from contract import ENSEMBLE, MODEL, cpu, files, layout, runtimes
 
@@ -62,6 +63,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--scenario", choices=("singlestream", "server", "offline"), help="run MLPerf LoadGen instead")
     parser.add_argument("--target-qps", type=float, default=5.0, help="LoadGen server scenario's arrival rate")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for results.json/csv and latency.png")
+    parser.add_argument("--arrival-rates", metavar="R,R,...",
+                        help="instead of --concurrency: open-loop levels, R requests/s each sent on schedule whatever the answers "
+                             "(offer 1x and 4x what the server takes to see overload refused: accepted latency, refusals, peak memory)")  # fmt: skip
     parser.add_argument("--baseline-url", metavar="URL",
                         help="also run each level against this address of the same server, e.g. Triton's own loopback port behind "
                              "alexnet-serve's front (printed at its start): the front's cost, side by side")  # fmt: skip
@@ -195,6 +199,11 @@ def print_table(levels: list[Level]) -> None:
         lat = lv.latency_ms
         split = lv.server_ms.get("alexnet", {})
         extra = f"  q {split.get('queue', 0):.1f}  infer {split.get('compute_infer', 0):.1f}  b {split.get('avg_batch', 0):.1f}" if split else ""
+        if lv.arrival_rate is not None:  # open loop: the offered rate, accepted and refused requests, peak memory
+            rss = f"  peak RSS {lv.server_rss_mib:.0f} MiB" if lv.server_rss_mib else ""
+            print(f"{lv.target:<18}{lv.arrival_rate:>4g}/s accepted {lv.requests} ({lv.throughput:.2f} img/s), refused {lv.errors}; accepted latency "
+                  + (f"p50 {lat['p50']:.0f} p99 {lat['p99']:.0f} max {lat['max']:.0f} ms" if lat else "none") + rss)  # fmt: skip
+            continue
         if not lat:  # a slow or busy machine: no request finished inside the level's time
             print(f"{lv.target:<18}{lv.concurrency:>5}  no request completed within {lv.seconds:.0f} s ({lv.errors} errors): raise --duration")
             continue
@@ -333,6 +342,17 @@ def measure_levels(args: argparse.Namespace, images: list[bytes], levels_wanted:
             others.append((f"{name}-{prec}", inprocess_caller(args, images, name, prec)[0]))
     levels: list[Level] = []
     watch = [ENSEMBLE, "preprocess", MODEL] if args.model == ENSEMBLE else [MODEL]
+    if args.arrival_rates:
+        try:
+            for rate in (float(r) for r in args.arrival_rates.split(",") if r.strip()):
+                peak: list[float] = []
+                sample = lambda: peak.append(memory.rss_mib() or 0.0)  # noqa: E731
+                level = run_open_level("served-open", rate, make_served, args.duration, args.warmup, args.batch, on_sample=sample)
+                level.server_rss_mib = max(peak) if any(peak) else None
+                levels.append(level)
+        finally:
+            probe.close()
+        return levels, {"served_runtime": f"{runtime} {precision}".strip(), "inprocess_runtime": local}
     try:
         for c in levels_wanted:
             before = {m: probe.statistics(m) for m in watch}

@@ -25,6 +25,7 @@ class Level:
     server_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     server_rss_mib: float | None = None
     first_error: str = ""
+    arrival_rate: float | None = None  # requests/s of an open-loop level (None: closed loop, ``concurrency`` callers)
 
 
 def run_level(target: str, concurrency: int, make_call: Callable[[], Callable[[int], int]], duration: float, warmup: float,
@@ -69,6 +70,67 @@ def run_level(target: str, concurrency: int, make_call: Callable[[], Callable[[i
     flat = np.array([x for per in latencies for x in per]) * 1000
     level = Level(target, concurrency, requests=int(flat.size), errors=sum(errors), seconds=duration,
                   first_error=first_error[0] if first_error else "")  # fmt: skip
+    level.throughput = flat.size * images_per_call / duration
+    if flat.size:
+        level.latency_ms = {f"p{p}": float(np.percentile(flat, p)) for p in PERCENTILES}
+        level.latency_ms["max"] = float(flat.max())
+        level.latency_ms["mean"] = float(flat.mean())
+    return level
+
+
+def run_open_level(target: str, rate: float, make_call: Callable[[], Callable[[int], int]], duration: float, warmup: float,
+                   images_per_call: int = 1, max_in_flight: int = 512, on_sample: Callable[[], None] | None = None) -> Level:  # fmt: skip
+    """Open loop: one request every 1/``rate`` s whatever the answers (up to ``max_in_flight`` at once),
+    as independent users arrive; the way to offer a server more than it can take.
+
+    Latency counts only the accepted requests (answered without error); errors (refusals) are
+    counted, the first kept.  ``on_sample`` is called about once a second (e.g. to sample memory)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    local = threading.local()
+    lock = threading.Lock()
+    ok: list[float] = []
+    errors = [0]
+    first_error: list[str] = []
+    start_at = time.perf_counter() + warmup
+    stop_at = start_at + duration
+
+    def one(i: int, due: float) -> None:
+        if not hasattr(local, "call"):
+            local.call = make_call()
+        try:
+            local.call(i)
+            failed = None
+        except Exception as exc:  # noqa: BLE001 - counted, the first one reported
+            failed = str(exc)
+        done = time.perf_counter()
+        if due < start_at or done > stop_at:
+            return
+        with lock:
+            if failed is None:
+                ok.append(done - due)  # from when it was due: a client-side wait counts too
+            else:
+                errors[0] += 1
+                if not first_error:
+                    first_error.append(failed)
+
+    with ThreadPoolExecutor(max_workers=max_in_flight) as pool:
+        i, next_sample = 0, time.perf_counter()
+        while True:
+            due = start_at - warmup + i / rate
+            if due >= stop_at:
+                break
+            now = time.perf_counter()
+            if due > now:
+                time.sleep(due - now)
+            pool.submit(one, i, due)
+            i += 1
+            if on_sample is not None and time.perf_counter() >= next_sample:
+                on_sample()
+                next_sample += 1.0
+    flat = np.array(ok) * 1000
+    level = Level(target, 0, requests=int(flat.size), errors=errors[0], seconds=duration, first_error=first_error[0] if first_error else "",
+                  arrival_rate=rate)  # fmt: skip
     level.throughput = flat.size * images_per_call / duration
     if flat.size:
         level.latency_ms = {f"p{p}": float(np.percentile(flat, p)) for p in PERCENTILES}

@@ -25,6 +25,11 @@ from contract import ENSEMBLE, IMAGE_BYTES, PROBS, security
 from contract.security import Credentials
 
 
+# Triton's queue policy (max_queue_size, REJECT on timeout): a server under a flood answers the
+# probe with these.  That is overload being refused as designed, not a dead stub.
+BUSY = ("Exceeds maximum queue size", "Request timeout expired")
+
+
 @lru_cache(maxsize=1)
 def probe_image() -> bytes:
     """A 32x32 grey PNG: the cheapest image that exercises decode, resize and the network."""
@@ -50,7 +55,10 @@ def check(url: str, timeout: float = 60.0, credentials: Credentials = Credential
             return f"{ENSEMBLE} answered the probe image with {None if probs is None else probs.shape}"
         return None
     except InferenceServerException as exc:
-        return f"{ENSEMBLE} failed the probe image: {exc.message() or exc}"
+        message = exc.message() or str(exc)
+        if any(words in message for words in BUSY):
+            return None  # the queue policy refused it: alive and full, which a restart would only make worse
+        return f"{ENSEMBLE} failed the probe image: {message}"
     except Exception as exc:  # noqa: BLE001 - unreachable, timed out, reset: all mean "not healthy"
         return f"no answer from {url}: {type(exc).__name__}: {exc}"
     finally:

@@ -50,7 +50,9 @@ def token_file(module_tmp) -> Path:
 @pytest.fixture(scope="module")
 def guarded(served_repository, module_tmp, token_file):
     """alexnet-serve on loopback with a bearer token (ALEXNET_TOKEN_FILE), its defaults otherwise."""
-    server = serving.start(served_repository, module_tmp / "guarded.log", env={"ALEXNET_TOKEN_FILE": str(token_file)})
+    # Health checks on, as users run it: a flood must not make the supervisor restart Triton.
+    server = serving.start(served_repository, module_tmp / "guarded.log", env={"ALEXNET_TOKEN_FILE": str(token_file)},
+                           extra=("--health-interval", "3", "--health-failures", "2"))  # fmt: skip
     yield server
     server.stop()
 
@@ -194,6 +196,7 @@ def test_a_flood_is_refused_not_queued(guarded, photo_path):
 
     memory = ServerMemory(guarded.grpc_url)
     before = memory.rss_mib()
+    pid = guarded.triton_pid()
     batch = np.array([[photo_path.read_bytes()]] * 16, dtype=object)
     counts = {"ok": 0, "rejected": 0, "other": []}
     lock = threading.Lock()
@@ -229,6 +232,7 @@ def test_a_flood_is_refused_not_queued(guarded, photo_path):
     assert counts["rejected"] > 0, f"nothing was refused: {counts}"
     assert counts["ok"] > 0 and not counts["other"], counts["other"][:3]
     assert peak - before < 3000, f"the server grew by {peak - before:.0f} MiB under the flood"
+    assert guarded.triton_pid() == pid and "restarting" not in guarded.log.with_suffix(".out").read_text(), "the flood restarted Triton"
     from clients import Classifier
     from contract.security import Credentials
 
