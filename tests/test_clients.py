@@ -442,3 +442,13 @@ def test_error_kinds_come_from_status_codes(status, kind):
 
     error = _translate(InferenceServerException("a message that says nothing useful", status=status), "127.0.0.1:8001", "classify")
     assert error.kind == kind, (status, error.kind)
+
+
+def test_bench_open_loop_counts_accepted_and_refused(triton_server, tmp_path):
+    """--arrival-rates: requests on a schedule whatever the answers; a line per rate, JSON with the rate."""
+    out = tmp_path / "open"
+    proc = run("clients.bench", "--url", triton_server.grpc_url, "--arrival-rates", "4", "--duration", "3", "--warmup", "0", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "4/s accepted" in proc.stdout and "refused 0" in proc.stdout, proc.stdout
+    (level,) = json.loads((out / "results.json").read_text())["levels"]
+    assert level["arrival_rate"] == 4 and level["requests"] >= 8, level
