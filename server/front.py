@@ -32,7 +32,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from contract.security import MAX_REQUEST_BYTES
+from contract.security import MAX_IMAGE_BYTES, MAX_REQUEST_BYTES
 
 # The HTTP/REST paths clients may use (KServe v2; Triton's model config and statistics
 # extensions).  /v2/repository, /v2/logging, /v2/trace, /v2/systemsharedmemory,
@@ -108,10 +108,10 @@ def _listen(host: str, port: int) -> str:
 def _tls_lines(tls: Tls | None) -> str:
     if tls is None:
         return ""
-    lines = [f"ssl_certificate {tls.cert};", f"ssl_certificate_key {tls.key};", "ssl_protocols TLSv1.2 TLSv1.3;",
+    lines = [f'ssl_certificate "{tls.cert}";', f'ssl_certificate_key "{tls.key}";', "ssl_protocols TLSv1.2 TLSv1.3;",
              "ssl_session_cache shared:tls:1m;"]  # fmt: skip
     if tls.client_ca:
-        lines += [f"ssl_client_certificate {tls.client_ca};", "ssl_verify_client on;"]
+        lines += [f'ssl_client_certificate "{tls.client_ca}";', "ssl_verify_client on;"]
     return "\n        ".join(lines)
 
 
@@ -137,7 +137,7 @@ def render(workdir: Path, host: str, public: Ports, triton: Ports, token: str | 
 
     ``drain_s``: on a graceful stop (SIGQUIT), how long requests in flight get before nginx closes them."""
     ssl_flag = " ssl" if tls else ""
-    too_large = f"request body larger than {MAX_REQUEST_BYTES} bytes (one image may be up to {MAX_REQUEST_BYTES - 2**20} bytes)"
+    too_large = f"request body larger than {MAX_REQUEST_BYTES} bytes (one image may be up to {MAX_IMAGE_BYTES} bytes)"
     unavailable = "the model server is not available right now; retry"
     auth = "if ($authorized = 0) { return 401; }"
     proxy = """proxy_pass http://triton_http;
@@ -162,18 +162,18 @@ master_process on;
 worker_processes 1;
 worker_shutdown_timeout {max(1, round(drain_s))}s;
 worker_rlimit_nofile {2 * WORKER_CONNECTIONS + 64};
-pid {workdir}/nginx.pid;
+pid "{workdir}/nginx.pid";
 error_log stderr warn;
 events {{ worker_connections {WORKER_CONNECTIONS}; }}
 http {{
     access_log off;
     server_tokens off;
     default_type application/json;
-    client_body_temp_path {workdir}/body;
-    proxy_temp_path {workdir}/proxy;
-    fastcgi_temp_path {workdir}/fastcgi;
-    uwsgi_temp_path {workdir}/uwsgi;
-    scgi_temp_path {workdir}/scgi;
+    client_body_temp_path "{workdir}/body";
+    proxy_temp_path "{workdir}/proxy";
+    fastcgi_temp_path "{workdir}/fastcgi";
+    uwsgi_temp_path "{workdir}/uwsgi";
+    scgi_temp_path "{workdir}/scgi";
 
     client_max_body_size {MAX_REQUEST_BYTES};
     client_body_buffer_size {BODY_IN_MEMORY};
