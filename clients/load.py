@@ -68,13 +68,18 @@ def run_level(target: str, concurrency: int, make_call: Callable[[], Callable[[i
     for t in threads:
         t.join()
     flat = np.array([x for per in latencies for x in per]) * 1000
-    level = Level(target, concurrency, requests=int(flat.size), errors=sum(errors), seconds=duration,
-                  first_error=first_error[0] if first_error else "")  # fmt: skip
-    level.throughput = flat.size * images_per_call / duration
-    if flat.size:
-        level.latency_ms = {f"p{p}": float(np.percentile(flat, p)) for p in PERCENTILES}
-        level.latency_ms["max"] = float(flat.max())
-        level.latency_ms["mean"] = float(flat.mean())
+    level = Level(target, concurrency, errors=sum(errors), seconds=duration, first_error=first_error[0] if first_error else "")
+    return _summarise(level, flat, images_per_call)
+
+
+def _summarise(level: Level, latencies_ms: np.ndarray, images_per_call: int) -> Level:
+    """Fill in the completed requests, images/s and latency percentiles from the accepted requests' latencies."""
+    level.requests = int(latencies_ms.size)
+    level.throughput = latencies_ms.size * images_per_call / level.seconds
+    if latencies_ms.size:
+        level.latency_ms = {f"p{p}": float(np.percentile(latencies_ms, p)) for p in PERCENTILES}
+        level.latency_ms["max"] = float(latencies_ms.max())
+        level.latency_ms["mean"] = float(latencies_ms.mean())
     return level
 
 
@@ -128,15 +133,8 @@ def run_open_level(target: str, rate: float, make_call: Callable[[], Callable[[i
             if on_sample is not None and time.perf_counter() >= next_sample:
                 on_sample()
                 next_sample += 1.0
-    flat = np.array(ok) * 1000
-    level = Level(target, 0, requests=int(flat.size), errors=errors[0], seconds=duration, first_error=first_error[0] if first_error else "",
-                  arrival_rate=rate)  # fmt: skip
-    level.throughput = flat.size * images_per_call / duration
-    if flat.size:
-        level.latency_ms = {f"p{p}": float(np.percentile(flat, p)) for p in PERCENTILES}
-        level.latency_ms["max"] = float(flat.max())
-        level.latency_ms["mean"] = float(flat.mean())
-    return level
+    level = Level(target, 0, errors=errors[0], seconds=duration, first_error=first_error[0] if first_error else "", arrival_rate=rate)
+    return _summarise(level, np.array(ok) * 1000, images_per_call)
 
 
 def server_split(before: dict, after: dict) -> dict[str, float]:

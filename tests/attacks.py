@@ -122,7 +122,7 @@ def http_call(host: str, port: int, method: str, path: str, token: str | None = 
     conn = (http.client.HTTPSConnection(host, port, timeout=60, context=context) if context else http.client.HTTPConnection(host, port, timeout=60))
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
     try:
-        # skip_host / the raw path: http.client sends the path exactly as given.
+        # http.client sends the path exactly as given: dot segments and escapes reach the front raw.
         conn.request(method, path, body=body if method == "POST" else None, headers=headers)
         response = conn.getresponse()
         return response.status, "\n".join(f"{k}: {v}" for k, v in response.getheaders()) + "\n\n" + response.read().decode(errors="replace")
