@@ -28,11 +28,8 @@ import socket
 import sys
 import tempfile
 import threading
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from contract import MODEL, cpu, gpu, layout, runtimes, security
 from server import front, health, triton
@@ -241,17 +238,6 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _triton_ready(url: str) -> Callable[[], bool]:
-    def probe() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            return False
-
-    return probe
-
-
 def _watch(triton_proc: Process, front_proc: Process | None, stop: threading.Event, urls: tuple[str, str], tls: bool, args: argparse.Namespace) -> str:
     """Block until a stop is asked for ("stop"), a child exits ("triton exited", "front exited")
     or fails its checks ("triton unhealthy: why", "front unhealthy: why").
@@ -267,7 +253,7 @@ def _watch(triton_proc: Process, front_proc: Process | None, stop: threading.Eve
         while not done.wait(args.health_interval):
             problems = {"triton": health.check(triton_url)}
             if front_proc is not None:
-                status = front.answer(public_url, tls, timeout=10)
+                status = health.ready_status(public_url, tls, timeout=10)
                 problems["front"] = None if status == 200 or (status == 503 and problems["triton"]) else f"its readiness answer was {status or 'nothing'}"
             for who, problem in problems.items():
                 failures[who] = failures[who] + 1 if problem else 0
@@ -338,7 +324,7 @@ def serve(args: argparse.Namespace) -> int:
 
         def start_front() -> Process:
             proc = Process(front.command(nginx, conf), dict(os.environ), front_log, args.verbose)
-            if not wait_ready(proc.proc, lambda: front.answer(public_url, guard.tls is not None) is not None, 30, stop):
+            if not wait_ready(proc.proc, lambda: health.ready_status(public_url, guard.tls is not None) is not None, 30, stop):
                 proc.reap()
                 _print_errors("alexnet-serve: the front (nginx) did not start; its errors:", proc, front_log, bool(args.log_file))
                 raise _Failed()
@@ -352,7 +338,7 @@ def serve(args: argparse.Namespace) -> int:
         restarts = 0
         while True:
             triton_proc = Process(cmd, triton.environment(server), log_path, args.verbose)
-            if not wait_ready(triton_proc.proc, _triton_ready(triton_url), args.ready_timeout, stop):
+            if not wait_ready(triton_proc.proc, lambda: health.ready_status(triton_url) == 200, args.ready_timeout, stop):
                 if stop.is_set():  # asked to stop while Triton was still starting
                     return _stop(front_proc, triton_proc, args.drain_timeout)
                 reason = "exited" if triton_proc.proc.poll() is not None else f"was not ready after {args.ready_timeout:.0f} s"

@@ -25,10 +25,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
-import ssl
 import subprocess
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -284,22 +281,3 @@ def command(nginx: Path, config: Path) -> list[str]:
     # -e: the early error log nginx opens before reading the configuration (the default is
     # under /var/log, which a non-root user cannot write); -p: relative paths stay here.
     return [str(nginx), "-p", str(config.parent), "-e", "stderr", "-c", str(config)]
-
-
-def answer(url: str, tls: bool, timeout: float = 2.0) -> int | None:
-    """The front's HTTP status for /v2/health/ready (200: it is up and Triton behind it is ready;
-    503: up, Triton not ready), or None when nothing answers."""
-    context = None
-    if tls:
-        # Our own front on this machine: the certificate is the operator's to check, not ours.
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    scheme = "https" if tls else "http"
-    try:
-        with urllib.request.urlopen(f"{scheme}://{url}/v2/health/ready", timeout=timeout, context=context) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ssl.SSLError):
-        return None

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import argparse
 import io
+import ssl
 import sys
+import urllib.error
+import urllib.request
 from functools import lru_cache
 
 import numpy as np
@@ -38,6 +41,24 @@ def probe_image() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32), (128, 128, 128)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def ready_status(url: str, tls: bool = False, timeout: float = 2.0) -> int | None:
+    """The HTTP status of ``/v2/health/ready`` at ``url`` (200 ready; 503 up, models not ready), or None
+    when nothing answers.  Asked of Triton's own port and of the front's public one (with ``tls``,
+    certificate not checked: it is this machine's own front)."""
+    context = None
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(f"{'https' if tls else 'http'}://{url}/v2/health/ready", timeout=timeout, context=context) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ssl.SSLError):
+        return None
 
 
 def check(url: str, timeout: float = 60.0, credentials: Credentials = Credentials()) -> str | None:
