@@ -228,14 +228,23 @@ def exposure(args: argparse.Namespace) -> Exposure:
 # --- serving ---------------------------------------------------------------------------------------------
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+def _free_ports(n: int, taken: tuple[int, ...]) -> list[int]:
+    """``n`` loopback ports free now and not in ``taken``: the public ports are not bound yet
+    when Triton's are chosen (nginx's configuration names both), and the kernel readily hands a
+    port just released (a caller's own probe for free public ports) to the next bind."""
+    held: list[socket.socket] = []  # every socket stays bound until the end: no port comes twice
+    try:
+        ports: list[int] = []
+        while len(ports) < n:
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+            if s.getsockname()[1] not in taken:
+                ports.append(s.getsockname()[1])
+        return ports
+    finally:
+        for s in held:
+            s.close()
 
 
 def _watch(triton_proc: Process, front_proc: Process | None, stop: threading.Event, urls: tuple[str, str], tls: bool, args: argparse.Namespace) -> str:
@@ -302,7 +311,7 @@ def serve(args: argparse.Namespace) -> int:
         check_repository(repository, config)
         public = front.Ports(args.http_port, args.grpc_port, args.metrics_port)
         with_front = args.front == "nginx"
-        inner = front.Ports(*(args.triton_ports or _free_ports(3))) if with_front else public
+        inner = front.Ports(*(args.triton_ports or _free_ports(3, (public.http, public.grpc, public.metrics)))) if with_front else public
         triton_host = "127.0.0.1" if with_front else args.host
         if with_front:
             try:
