@@ -8,6 +8,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 NGINX := /usr/sbin/nginx
+# The security scanner the tests run on deploy/k8s and the Dockerfile, in a venv of its own
+# (checkov pins dozens of packages the project's venv must not have to agree with).  Pinned:
+# a new checkov adds checks, and a gate should move when we move it.
+SCAN_VENV := .venv-scan
+CHECKOV := $(SCAN_VENV)/bin/checkov
+CHECKOV_VERSION := 3.3.30
 # Debian's packages, as root or through sudo.  alexnet-serve runs nginx itself; where the
 # package's install starts its own service (on port 80), the nginx target stops and disables it.
 APT_INSTALL = if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
@@ -38,11 +44,15 @@ $(NGINX):
 	@$(APT_INSTALL) nginx openssl iproute2
 	@{ command -v systemctl >/dev/null && systemctl disable --now nginx >/dev/null 2>&1; } || true
 
-test: $(STAMP) $(NGINX)
+$(CHECKOV):
+	[ -x $(SCAN_VENV)/bin/python ] || $(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/pip install -q 'checkov==$(CHECKOV_VERSION)'
+
+test: $(STAMP) $(NGINX) $(CHECKOV)
 	$(PY) -m pytest
 
 demo: $(STAMP) $(FASHION) $(NGINX)
 	bash scripts/demo.sh
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(SCAN_VENV) runs .pytest_cache

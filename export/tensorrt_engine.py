@@ -2,8 +2,8 @@
 
 A plan loads only on the GPU model (compute capability) and in the TensorRT version that
 built it, so it is built on the host that serves it (the container's entrypoint does it at
-start) with the ``tensorrt`` wheel pinned to the container's libnvinfer (pyproject's [gpu]:
-10.5.0 for tritonserver 24.10), and ``build`` records the GPU and the version beside it
+start) with the ``tensorrt`` wheel of the container's libnvinfer (the Dockerfile installs that
+exact version; NGC 25.10), and ``build`` records the GPU and the version beside it
 (export.json "tensorrt"); ``contract.gpu.plan_matches`` compares that record with a host.
 
 No PyTorch here: buffers and streams come from the CUDA runtime through cuda-python, so the
@@ -46,9 +46,9 @@ def tolerance(fp16: bool, int8: bool) -> float:
 
 def _cudart():
     try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6 (13: the only place)
     except ImportError:
-        from cuda import cudart  # older cuda-python 12.x
+        from cuda import cudart  # cuda-python 12 before 12.6
     return cudart
 
 
@@ -74,7 +74,7 @@ def version_problem(version: str, fp16: bool, int8: bool) -> str | None:
     if major >= 11 and (fp16 or int8):
         flag = "--int8" if int8 else "--fp16"
         return (f"TensorRT {version} has no {flag} builder flag (removed in TensorRT 11: networks are strongly typed); "
-                "build with the TensorRT 10 of the serving container (pip install '.[gpu]' pins it)")  # fmt: skip
+                "build with the TensorRT 10 of the serving container (pip install '.[gpu]' keeps to TensorRT 10)")  # fmt: skip
     return None
 
 

@@ -299,7 +299,10 @@ def serve(args: argparse.Namespace) -> int:
     guard = exposure(args)
     for warning in guard.warnings:
         print(f"alexnet-serve: WARNING: {warning}", file=sys.stderr, flush=True)
-    workdir = Path(tempfile.mkdtemp(prefix="alexnet-serve-"))
+    try:
+        workdir = Path(tempfile.mkdtemp(prefix="alexnet-serve-"))
+    except OSError as exc:  # a read-only root with no writable /tmp (a pod without its emptyDir)
+        raise ServeError(f"no writable temporary folder for nginx's and Triton's working files (set TMPDIR, or mount one at /tmp): {exc}") from None
     log_path = args.log_file or workdir / "tritonserver.log"
     front_log = log_path.with_name(f"{log_path.stem}.front.log")
     stop = threading.Event()

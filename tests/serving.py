@@ -67,14 +67,15 @@ class Server:
 
 
 def start(repository: Path, log: Path, config: str = "cpu-f32", timeout: float = 240, extra: tuple[str, ...] = (), env: dict | None = None,
-          ca: Path | None = None) -> Server:  # fmt: skip
+          ca: Path | None = None, wrap: tuple[str, ...] = ()) -> Server:  # fmt: skip
     """alexnet-serve on free loopback ports; ``env`` adds to the environment (a token file, say);
-    ``ca``: the front speaks TLS with a certificate this CA signed."""
+    ``ca``: the front speaks TLS with a certificate this CA signed; ``wrap``: a command that
+    runs alexnet-serve's command line given as its arguments (a mount namespace, say)."""
     import tritonclient.http as httpclient
 
     http_port, grpc_port, metrics_port = free_ports(3)
     cmd = [
-        sys.executable, "-m", "server", "--repository", str(repository), "--config", config,
+        *wrap, sys.executable, "-m", "server", "--repository", str(repository), "--config", config,
         "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
         "--log-file", str(log),
         # No health-check requests unless a test asks (they would show in the tests' statistics).
