@@ -39,7 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 HTTP_PORT = 18600
 GFLOP_PER_CROP = 1.44  # paper AlexNet at 224: ~0.72 G multiply-adds per crop (conv 666 M, fc 55 M)
-H200_BF16_TFLOPS = 790.0  # dense bf16 peak (device README)
+H200_BF16_TFLOPS = 989.0  # H200's dense bf16 tensor-core peak (NVIDIA's H200 datasheet: 1,979 with sparsity)
+EXPORT_TIMEOUT_S = 300
+READY_TIMEOUT_S = 240
+PREFLIGHT_TIMEOUT_S = 120
+
+
+class CheckFailed(RuntimeError):
+    """A stage cannot go on; the message says why in one line (it ends up in gpu_check.json)."""
 
 
 def log(message: str) -> None:
@@ -57,13 +64,18 @@ def sh(cmd: list[str], timeout: float = 30) -> str:
 
 
 def unpack(bundle: Path, work: Path) -> dict:
-    """Triton's site folder, a stub venv with NumPy 1.26 first, fallbacks for missing packages."""
+    """Triton's site folder, a stub venv with NumPy 1.26 first, the fallback tqdm, the libpython to load.
+
+    Raises CheckFailed when the bundle was made for another Python, or when the stub could only
+    run on the carried libpython with a standard library that does not fit it."""
+    pyver = f"{sys.version_info.major}.{sys.version_info.minor}"
+    made_for = json.loads((bundle / "bundle.json").read_text())["python"] if (bundle / "bundle.json").is_file() else None
+    if made_for != pyver:
+        raise CheckFailed(f"the bundle was made for Python {made_for}, this is Python {pyver}: PYVER={pyver} scripts/gpu_check bundle")
     site = work / "triton"
     if not site.is_dir():
         with tarfile.open(bundle / "triton.tar.xz") as tar:
             tar.extractall(site)
-    wheels = {w.name.split("-")[0].lower(): w for w in (bundle / "wheels").glob("*.whl")}
-    pyver = f"{sys.version_info.major}.{sys.version_info.minor}"
     venv = work / "stubenv"
     packages = venv / "lib" / f"python{pyver}" / "site-packages"
     fallback = work / "fallback"
@@ -73,30 +85,88 @@ def unpack(bundle: Path, work: Path) -> dict:
         (venv / "bin" / "python3").symlink_to(base)
         (venv / "pyvenv.cfg").write_text(f"home = {base.parent}\ninclude-system-site-packages = false\nversion = {sys.version.split()[0]}\n")
         packages.mkdir(parents=True)
-        zipfile.ZipFile(wheels["numpy"]).extractall(packages)
+        with tarfile.open(bundle / "numpy.tar.xz") as tar:
+            tar.extractall(packages)
         fallback.mkdir(exist_ok=True)
-        for name, module in (("tqdm", "tqdm"), ("pillow", "PIL")):
-            try:
-                __import__(module)
-            except ImportError:
-                zipfile.ZipFile(wheels[name]).extractall(fallback)
+        try:
+            import tqdm  # noqa: F401
+        except ImportError:
+            zipfile.ZipFile(next((bundle / "wheels").glob("tqdm-*.whl"))).extractall(fallback)
         import site as pysite
 
         ours = [p for p in pysite.getsitepackages() if Path(p).is_dir()]
-        # The project, then this interpreter's packages (torch, torchvision), then the fallbacks.
+        # The project, then this interpreter's packages (torch, torchvision, Pillow), then the fallbacks.
         (packages / "zz_project.pth").write_text(f"{ROOT}\n" + "".join(f"import site; site.addsitedir({p!r})\n" for p in ours) + f"{fallback}\n")
-    libpy = None
     soname = f"libpython{pyver}.so.1.0"
-    if not Path(sysconfig.get_config_var("LIBDIR") or "", soname).is_file() and soname not in sh(["ldconfig", "-p"]):
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    if Path(libdir, soname).is_file():
+        # Outside the system paths (pyenv, uv, /opt) the loader does not look there by itself.
+        libpy, source = libdir, f"this Python's ({libdir})"
+    elif soname in sh(["ldconfig", "-p"]):
+        libpy, source = None, "the system's"
+    else:
         packed = bundle / f"{soname}.xz"
-        if packed.is_file():
-            import lzma
+        if not packed.is_file():
+            raise CheckFailed(f"the stub needs {soname}: this Python has no shared library and the bundle carries none")
+        # The carried libpython (a pyenv build) keeps math, _struct, ... in lib-dynload; a
+        # Debian/Ubuntu Python builds them in, so its standard library cannot serve it.
+        builtin = [m for m in ("math", "_struct", "_json") if m in sys.builtin_module_names]
+        if builtin:
+            raise CheckFailed(f"this Python has no {soname} and builds {', '.join(builtin)} in (a Debian/Ubuntu build): "
+                              "the carried libpython would find no such modules in its standard library")  # fmt: skip
+        import lzma
 
-            (work / "libpy").mkdir(exist_ok=True)
-            (work / "libpy" / soname).write_bytes(lzma.decompress(packed.read_bytes()))
-            libpy = str(work / "libpy")
+        (work / "libpy").mkdir(exist_ok=True)
+        (work / "libpy" / soname).write_bytes(lzma.decompress(packed.read_bytes()))
+        libpy, source = str(work / "libpy"), "the bundle's (stripped, from a pyenv build)"
     sys.path.append(str(fallback))
-    return {"site": site / "site", "stub_python": venv / "bin" / "python3", "libpy": libpy, "fallback": fallback}
+    return {"site": site / "site", "stub_python": venv / "bin" / "python3", "libpy": libpy, "libpython": source, "fallback": fallback,
+            "stub": site / "site" / "pytriton" / "tritonserver" / "python_backend_stubs" / pyver / "triton_python_backend_stub"}  # fmt: skip
+
+
+def server_env(paths: dict) -> dict:
+    """The environment alexnet-serve and its stubs run with: the wheel's Triton importable, libpython loadable."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(paths["site"]), str(ROOT)])}
+    if paths["libpy"]:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [paths["libpy"], env.get("LD_LIBRARY_PATH")]))
+    return env
+
+
+def stub_problem(paths: dict) -> str | None:
+    """Why the python-backend stub cannot start here (None when it loads): run once with no
+    arguments, it either exits on its usage or stops at the loader (a missing libpython)."""
+    try:
+        stub = subprocess.run([str(paths["stub"])], capture_output=True, text=True, env=server_env(paths), timeout=PREFLIGHT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return None  # it started and waited for its parent: it loaded
+    words = (stub.stdout + stub.stderr).strip()
+    if "error while loading shared libraries" in words or stub.returncode == 127:
+        return f"the python-backend stub does not start: {(words.splitlines() or ['exit 127'])[0]}"
+    return None
+
+
+def preflight(paths: dict, device: str) -> dict:
+    """Seconds, not minutes: the stub loads, the stub's Python has NumPy < 2 and torch, CUDA is
+    visible where asked.  Raises CheckFailed with the first problem."""
+    env = server_env(paths)
+    out: dict = {"libpython": paths["libpython"]}
+    if problem := stub_problem(paths):
+        raise CheckFailed(problem)
+    out["stub_loads"] = True
+    probe = ("import sys, numpy, torch; print(numpy.__version__, torch.__version__, torch.cuda.is_available())")
+    try:
+        got = subprocess.run([str(paths["stub_python"]), "-c", probe], capture_output=True, text=True, env=env, timeout=PREFLIGHT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise CheckFailed(f"the stub's Python did not import numpy and torch within {PREFLIGHT_TIMEOUT_S} s") from None
+    if got.returncode != 0:
+        raise CheckFailed(f"the stub's Python cannot import numpy and torch: {(got.stderr.strip().splitlines() or ['?'])[-1]}")
+    numpy_version, torch_version, cuda = got.stdout.split()
+    out.update(stub_numpy=numpy_version, stub_torch=torch_version, stub_cuda=cuda == "True")
+    if int(numpy_version.split(".")[0]) >= 2:
+        raise CheckFailed(f"the stub's Python has NumPy {numpy_version}; the 24.10 stub needs NumPy < 2")
+    if device == "cuda" and not out["stub_cuda"]:
+        raise CheckFailed("the stub's Python sees no CUDA device: serving would fall back to the CPU")
+    return out
 
 
 # --- a small KServe-v2 HTTP client (the GPU machine has no tritonclient) -------------------------------------
@@ -137,7 +207,8 @@ class Client:
 
 def _load_worker(port: int, threads: int, requests: list[list[bytes]], seconds: float) -> tuple[int, int, list[float]]:
     """One load process: ``threads`` connections sending ``requests`` in turn for ``seconds``."""
-    stop_at = time.perf_counter() + seconds
+    started = time.perf_counter()
+    stop_at = started + seconds
     images, errors, latencies, lock = [0], [0], [], threading.Lock()
 
     def run(k: int) -> None:
@@ -160,7 +231,8 @@ def _load_worker(port: int, threads: int, requests: list[list[bytes]], seconds: 
         t.start()
     for t in pool:
         t.join()
-    return images[0], errors[0], latencies
+    # The last requests finish after stop_at: the rate divides by the time they actually took.
+    return images[0], errors[0], latencies, time.perf_counter() - started
 
 
 def served_level(port: int, concurrency: int, requests: list[list[bytes]], seconds: float, processes: int) -> dict:
@@ -173,7 +245,8 @@ def served_level(port: int, concurrency: int, requests: list[list[bytes]], secon
     images = sum(r[0] for r in results)
     latencies = sorted(x for r in results for x in r[2])
     pick = lambda q: round(1e3 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1) if latencies else None
-    return {"concurrency": concurrency, "processes": procs, "images_per_request": len(requests[0]), "images_per_s": round(images / seconds, 1),
+    measured = max(r[3] for r in results)
+    return {"concurrency": concurrency, "processes": procs, "images_per_request": len(requests[0]), "images_per_s": round(images / measured, 1),
             "wall_s": round(wall, 1), "errors": sum(r[1] for r in results), "p50_ms": pick(0.5), "p99_ms": pick(0.99)}  # fmt: skip
 
 
@@ -195,6 +268,22 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     report: dict = {"checks": {}}
+
+    def on_term(signum, _frame):
+        raise CheckFailed(f"stopped by signal {signum} (a timeout around the check?)")
+
+    signal.signal(signal.SIGTERM, on_term)
+    # Whatever happens, gpu_check.json says what ran, what failed and why.
+    try:
+        return check(args, report, t0)
+    except CheckFailed as exc:
+        return finish(report, args, t0, str(exc))
+    except Exception as exc:  # noqa: BLE001 - reported, with the stage it happened in
+        return finish(report, args, t0, f"{type(exc).__name__}: {exc}")
+
+
+def check(args, report: dict, t0: float) -> int:
+    report["stage"] = "unpack"
     paths = unpack(args.bundle, args.work)
     sys.path.insert(0, str(paths["site"]))
     import numpy as np
@@ -210,9 +299,13 @@ def main() -> int:
                      "nvidia_smi": sh(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]),
                      "gpu_decode": gpu_decode.unavailable() or "available"}  # fmt: skip
     log(f"env: {report['env']}")
+    report["stage"] = "preflight"
+    report["preflight"] = preflight(paths, device)
+    log(f"preflight: {report['preflight']}")
     n_test, epochs, limit, workers = (64, 1, 256, 2) if args.quick else (2000, 2, 12000, min(12, os.cpu_count() or 4))
 
     # 1. train, bounded (the loader's workers decode; AMP + channels_last on CUDA)
+    report["stage"] = "train"
     run = args.work / "run"
     shutil.rmtree(run, ignore_errors=True)
     cmd = [sys.executable, "-m", "train", "--data", str(args.bundle / "fmnist"), "--out", str(run), "--preset", "demo",
@@ -235,16 +328,22 @@ def main() -> int:
     log(f"train: {report['train']['seconds']} s, {[round(r['train_img_per_s'], 1) for r in rows]} img/s")
 
     # 2. export the TorchScript classifier into a served repository
+    report["stage"] = "export"
     served = args.work / "served"
     shutil.rmtree(served, ignore_errors=True)
-    exp = subprocess.run([sys.executable, "-m", "export", str(run / "checkpoint.pt"), "--repository", str(served), "--formats", "torchscript"],
-                         capture_output=True, text=True, cwd=ROOT, env=stage_env)  # fmt: skip
+    try:
+        exp = subprocess.run([sys.executable, "-m", "export", str(run / "checkpoint.pt"), "--repository", str(served), "--formats", "torchscript",
+                              "--check-images", str(args.bundle / "photos")],
+                             capture_output=True, text=True, cwd=ROOT, env=stage_env, timeout=EXPORT_TIMEOUT_S)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise CheckFailed(f"export did not finish within {EXPORT_TIMEOUT_S} s") from None
     report["export"] = {"rc": exp.returncode, "stdout": exp.stdout[-800:], "stderr": exp.stderr[-800:]}
     if exp.returncode != 0:
         return finish(report, args, t0, "export failed")
     model_pt = served / "alexnet" / "1" / "model.pt"
 
     # 3. test images: Fashion-MNIST PNGs (labelled), and JPEG photos at ImageNet-like sizes
+    report["stage"] = "reference"
     from PIL import Image
 
     from train import data
@@ -257,7 +356,8 @@ def main() -> int:
         Image.fromarray(test.images[i], "L").save(buffer, "PNG")
         pngs.append(buffer.getvalue())
     jpegs = []
-    for k, photo in enumerate(imaging.sample_photographs()):
+    photos = imaging.sample_photographs() or sorted((args.bundle / "photos").iterdir())  # the bundle's copies where matplotlib is absent
+    for k, photo in enumerate(photos):
         img = Image.open(photo).convert("RGB")
         for j, size in enumerate([(500, 375), (375, 500), (640, 480), (800, 600), (1024, 768), (333, 500)] * 3):
             view = img.rotate(3 * j, expand=False).resize(size)
@@ -271,49 +371,84 @@ def main() -> int:
     log(f"reference: {report['reference']}")
 
     # 4. GPU decode against the CPU pipeline (pixels), in-process
+    report["stage"] = "gpu decode"
     if gpu_decode.unavailable() is None:
-        plans = [gpu_decode.plan(b, imaging.MAX_PIXELS) for b in jpegs]
-        got = gpu_decode.load_batch(jpegs, plans)
-        diffs = [np.abs(g.astype(int) - imaging.load(b).astype(int)) for g, b in zip(got, jpegs) if g is not None]
-        report["checks"]["gpu_decode_pixels"] = {"images": len(diffs), "of": len(jpegs), "mean_abs": round(float(np.mean([d.mean() for d in diffs])), 3),
-                                                 "max_abs": int(max(d.max() for d in diffs)), "tolerance_mean": gpu_decode.MEAN_TOLERANCE}  # fmt: skip
-        c = report["checks"]["gpu_decode_pixels"]
-        c["ok"] = c["images"] == len(jpegs) and c["mean_abs"] <= gpu_decode.MEAN_TOLERANCE
+        try:
+            plans = [gpu_decode.plan(b, imaging.MAX_PIXELS) for b in jpegs]
+            got = gpu_decode.load_batch(jpegs, plans)
+            diffs = [np.abs(g.astype(int) - imaging.load(b).astype(int)) for g, b in zip(got, jpegs) if g is not None]
+            c = {"images": len(diffs), "of": len(jpegs), "tolerance_mean": gpu_decode.MEAN_TOLERANCE}
+            if diffs:
+                c.update(mean_abs=round(float(np.mean([d.mean() for d in diffs])), 3), max_abs=int(max(d.max() for d in diffs)))
+            c["ok"] = c["images"] == len(jpegs) and c.get("mean_abs", 1e9) <= gpu_decode.MEAN_TOLERANCE
+        except Exception as exc:  # noqa: BLE001 - an nvJPEG failure is a failed check, not a lost report
+            c = {"error": f"{type(exc).__name__}: {exc}"[:500], "ok": False}
+        report["checks"]["gpu_decode_pixels"] = c
     else:
         # Skipped, not passed: ok None on a CPU dry run (listed under "skipped"); on a GPU it must run.
         report["checks"]["gpu_decode_pixels"] = {"skipped": gpu_decode.unavailable(), "ok": None if device == "cpu" else False}
 
     # 5. serve with the pytorch config (the stubs on NumPy 1.26), then the served checks
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(paths["site"]), str(ROOT)])}
-    if paths["libpy"]:
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [env.get("LD_LIBRARY_PATH"), paths["libpy"]]))
+    report["stage"] = "serve"
+    env = server_env(paths)
     # The GPU machine may have no nginx (nothing can be installed there): then Triton alone on loopback.
     front = "nginx" if shutil.which("nginx") or Path("/usr/sbin/nginx").is_file() else "none"
+    launched = time.perf_counter()
     serve = subprocess.Popen([str(paths["stub_python"]), "-m", "server", "--repository", str(served), "--config", "pytorch",
                               "--http-port", str(HTTP_PORT), "--grpc-port", str(HTTP_PORT + 1), "--metrics-port", str(HTTP_PORT + 2),
-                              "--health-interval", "0", "--log-file", str(args.out / "triton.log"), "--front", front],
+                              "--health-interval", "0", "--ready-timeout", str(READY_TIMEOUT_S), "--log-file", str(args.out / "triton.log"),
+                              "--front", front],
                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
-    ready = False
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and serve.poll() is None:
-        line = serve.stdout.readline()
-        if "ready." in line:
-            ready = True
-            break
-    report["server"] = {"ready": ready, "start_to_ready_s": round(time.perf_counter() - t0, 1), "front": front}
-    if not ready:
-        report["server"]["output"] = serve.stdout.read()[-2000:] if serve.poll() is not None else ""
-        _stop(serve)
-        return finish(report, args, t0, "the server did not become ready")
-    threading.Thread(target=serve.stdout.read, daemon=True).start()
+    output: list[str] = []
+    ready = threading.Event()
+
+    def read_output() -> None:  # every line kept: a failed start is explained by them
+        for line in serve.stdout:
+            output.append(line.rstrip())
+            if "ready." in line:
+                ready.set()
+
+    threading.Thread(target=read_output, daemon=True).start()
+    deadline = time.monotonic() + READY_TIMEOUT_S + 30
+    while time.monotonic() < deadline and serve.poll() is None and not ready.wait(0.5):
+        pass
+    report["server"] = {"ready": ready.is_set(), "start_to_ready_s": round(time.perf_counter() - launched, 1), "front": front}
+    if not ready.is_set():
+        report["server"]["exit"] = _stop(serve)
+        report["server"]["output"] = output[-40:]
+        return finish(report, args, t0, "the server did not become ready (server.output and triton.log say why)")
     try:
+        report["stage"] = "served checks"
         served_checks(report, args, pngs, jpegs, labels, ref_png, ref_jpeg)
+        served_on_device(report, args.out / "triton.log", report["env"]["gpu"] if device == "cuda" else None)
+        report["stage"] = "benchmarks"
         benchmarks(report, args, model_pt, device, jpegs)
     except Exception as exc:  # noqa: BLE001 - keep what was measured
-        report["error"] = f"{type(exc).__name__}: {exc}"
+        report["error"] = f"{report['stage']}: {type(exc).__name__}: {exc}"
     finally:
         report["server"]["exit"] = _stop(serve)
+        report["server"]["output"] = output[-15:]
     return finish(report, args, t0)
+
+
+def served_on_device(report: dict, log_path: Path, gpu: str | None) -> None:
+    """The models' own words in Triton's log: alexnet ran on the GPU named ``gpu`` (its runtime
+    says "pytorch PRECISION on NAME"), preprocess decoded on the GPU, and no batch fell back to
+    the CPU decoder.  A silent CPU fallback fails here.  ``gpu`` None: a CPU dry run, skipped."""
+    text = log_path.read_text(errors="replace") if log_path.is_file() else ""
+    model_lines = [line for line in text.splitlines() if "alexnet" in line and " on " in line and "thread(s)" in line]
+    decode_lines = [line for line in text.splitlines() if "decoding on" in line]
+    fallbacks = text.count("GPU decode failed")
+    c = {"alexnet": [line.split("] ", 1)[-1][:200] for line in model_lines[:2]], "preprocess": [line.split("] ", 1)[-1][:200] for line in decode_lines[:2]],
+         "gpu_decode_fallbacks": fallbacks}  # fmt: skip
+    precisions = {line.split("pytorch ", 1)[1].split()[0] for line in model_lines if "pytorch " in line}
+    c["precision"] = sorted(precisions)
+    if gpu is None:
+        c.update(skipped="serving on the CPU (dry run)", ok=None)
+    else:
+        c["ok"] = (bool(model_lines) and all(f" on {gpu} " in line for line in model_lines)
+                   and bool(decode_lines) and all("GPU (nvJPEG)" in line for line in decode_lines) and fallbacks == 0)  # fmt: skip
+    report["checks"]["served_on_device"] = c
 
 
 def served_checks(report: dict, args, pngs, jpegs, labels, ref_png, ref_jpeg) -> None:
@@ -427,6 +562,8 @@ def _stop(proc: subprocess.Popen) -> int | None:
 def finish(report: dict, args, t0: float, error: str | None = None) -> int:
     if error:
         report["error"] = error
+    elif "error" not in report:
+        report["stage"] = "done"
     report["total_s"] = round(time.perf_counter() - t0, 1)
     ran = {name: c for name, c in report["checks"].items() if c.get("ok") is not None}
     report["skipped"] = {name: c.get("skipped") for name, c in report["checks"].items() if c.get("ok") is None}
