@@ -72,6 +72,7 @@ def unpack(bundle: Path, work: Path) -> dict:
     made_for = json.loads((bundle / "bundle.json").read_text())["python"] if (bundle / "bundle.json").is_file() else None
     if made_for != pyver:
         raise CheckFailed(f"the bundle was made for Python {made_for}, this is Python {pyver}: PYVER={pyver} scripts/gpu_check bundle")
+    libpy, source = _libpython(bundle, work, pyver)
     site = work / "triton"
     if not site.is_dir():
         with tarfile.open(bundle / "triton.tar.xz") as tar:
@@ -97,6 +98,13 @@ def unpack(bundle: Path, work: Path) -> dict:
         ours = [p for p in pysite.getsitepackages() if Path(p).is_dir()]
         # The project, then this interpreter's packages (torch, torchvision, Pillow), then the fallbacks.
         (packages / "zz_project.pth").write_text(f"{ROOT}\n" + "".join(f"import site; site.addsitedir({p!r})\n" for p in ours) + f"{fallback}\n")
+    sys.path.append(str(fallback))
+    return {"site": site / "site", "stub_python": venv / "bin" / "python3", "libpy": libpy, "libpython": source, "fallback": fallback,
+            "stub": site / "site" / "pytriton" / "tritonserver" / "python_backend_stubs" / pyver / "triton_python_backend_stub"}  # fmt: skip
+
+
+def _libpython(bundle: Path, work: Path, pyver: str) -> tuple[str | None, str]:
+    """(folder to put on the loader path or None, where the stub's libpython comes from)."""
     soname = f"libpython{pyver}.so.1.0"
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     if Path(libdir, soname).is_file():
@@ -119,9 +127,7 @@ def unpack(bundle: Path, work: Path) -> dict:
         (work / "libpy").mkdir(exist_ok=True)
         (work / "libpy" / soname).write_bytes(lzma.decompress(packed.read_bytes()))
         libpy, source = str(work / "libpy"), "the bundle's (stripped, from a pyenv build)"
-    sys.path.append(str(fallback))
-    return {"site": site / "site", "stub_python": venv / "bin" / "python3", "libpy": libpy, "libpython": source, "fallback": fallback,
-            "stub": site / "site" / "pytriton" / "tritonserver" / "python_backend_stubs" / pyver / "triton_python_backend_stub"}  # fmt: skip
+    return libpy, source
 
 
 def server_env(paths: dict) -> dict:

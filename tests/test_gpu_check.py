@@ -104,3 +104,27 @@ def test_serving_on_the_gpu_is_read_from_the_models_own_log_lines(tmp_path, line
     assert report["checks"]["served_on_device"]["ok"] is ok
     gpu_check.served_on_device(report, log, None)
     assert report["checks"]["served_on_device"]["ok"] is None, "a CPU dry run skips the check: never counted as passed"
+
+
+@pytest.mark.parametrize("debian", [True, False])
+def test_libpython_fallback_only_where_the_standard_library_fits(tmp_path, monkeypatch, debian):
+    """No libpython on the machine: the carried one (a pyenv build, math in lib-dynload) is used,
+    unless this Python builds math in (Debian/Ubuntu), whose lib-dynload then lacks it; that
+    fails in the first second with the reason, not as "No module named 'math'" minutes later."""
+    import lzma
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import gpu_check
+
+    pyver = f"{sys.version_info.major}.{sys.version_info.minor}"
+    (tmp_path / f"libpython{pyver}.so.1.0.xz").write_bytes(lzma.compress(b"not really a library"))
+    monkeypatch.setattr(gpu_check.sysconfig, "get_config_var", lambda name: str(tmp_path / "no-libdir"))
+    monkeypatch.setattr(gpu_check, "sh", lambda cmd, timeout=30: "")  # ldconfig -p knows no libpython
+    builtins = tuple(m for m in sys.builtin_module_names if m != "math") + (("math",) if debian else ())
+    monkeypatch.setattr(gpu_check.sys, "builtin_module_names", builtins)
+    if debian:
+        with pytest.raises(gpu_check.CheckFailed, match=r"builds math.* in \(a Debian/Ubuntu build\)"):
+            gpu_check._libpython(tmp_path, tmp_path, pyver)
+    else:
+        folder, source = gpu_check._libpython(tmp_path, tmp_path, pyver)
+        assert source.startswith("the bundle's") and (Path(folder) / f"libpython{pyver}.so.1.0").read_bytes() == b"not really a library"
