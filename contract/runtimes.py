@@ -249,16 +249,81 @@ def choose_cpu_precision(cpu_flags: Iterable[str] | None = None, allowed: Iterab
     return "f32", f"f32: {why}" + ("" if "int8" in allowed or not int8_units else "; no gated int8 model")
 
 
-def cpu_precision_for(version: str | os.PathLike, requested: str, cpu_flags: Iterable[str] | None = None) -> tuple[str, str]:
+TIMING_SECONDS = 1.5  # per precision, after a warm-up run: enough to tell 1.2x apart on 2 cores
+TIMING_IMAGES_PER_RUN = 4  # the cpu config's max_images_per_run: the runs the server makes
+
+
+def time_cpu_precisions(version: str | os.PathLike, precisions: Iterable[str], threads: int = 0, streams: int = 1,
+                        max_images_per_run: int = TIMING_IMAGES_PER_RUN, seconds: float = TIMING_SECONDS) -> dict[str, float]:  # fmt: skip
+    """{precision: images/s} of OpenVINO on this CPU, in-process, for each precision: 10-crop
+    images (uint8, 2 runs of ``max_images_per_run``) repeated for ``seconds`` after a warm-up."""
+    import time
+
+    import numpy as np
+
+    import imaging
+
+    per_run = max_images_per_run or TIMING_IMAGES_PER_RUN
+    images = np.random.default_rng(0).integers(0, 256, (2 * per_run, 3, imaging.SIZE, imaging.SIZE), dtype=np.uint8)
+    rates = {}
+    for precision in precisions:
+        run = openvino(version, precision, threads, streams, per_run)
+        run(images)  # the first run compiles and fills caches
+        done, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            run(images)
+            done += len(images)
+        rates[precision] = round(done / elapsed, 2)
+    return rates
+
+
+def same_cpu(a: dict | None, b: dict | None) -> bool:
+    """Whether two ``cpu.describe()`` records are one kind of CPU for timing: model, cores, flags."""
+    keys = ("model", "cores", "flags")
+    return bool(a and b) and all(a.get(k) == b.get(k) for k in keys)
+
+
+def choose_measured_precision(allowed: Iterable[str], recorded: dict | None, here: dict,
+                              measure: Callable[[list[str]], dict[str, float]]) -> tuple[str, str]:  # fmt: skip
+    """(precision, why) for the OpenVINO CPU runtime: the fastest measured on this CPU among the
+    precisions export's gates ``allowed``.
+
+    ``recorded`` is export.json's timing record ({"cpu": cpu.describe(), "images_per_s": {...}});
+    it is used when it was taken on this kind of CPU (``here``) and covers every candidate,
+    else ``measure(candidates)`` times them now.  The CPU's flags only order the candidates:
+    they break a tie (within 3%), they never decide alone (DESIGN.md: the fastest measured
+    CPU runtime for the CPU it runs on)."""
+    flag_choice, _ = choose_cpu_precision([f for f, on in here.get("flags", {}).items() if on], allowed)
+    order = [flag_choice] + [p for p in ("int8", "bf16", "f32") if p in set(allowed) and p != flag_choice]
+    if len(order) == 1:
+        return order[0], f"{order[0]}: the only precision export's gates passed"
+    recorded = recorded or {}
+    rates = recorded.get("images_per_s") or {}
+    if same_cpu(recorded.get("cpu"), here) and all(p in rates for p in order):
+        source = "measured at export on this CPU"
+    else:
+        why_now = "export's timings are from another CPU" if rates else "export recorded no timings"
+        rates, source = measure(order), f"measured at start ({why_now})"
+    best = max(rates[p] for p in order)
+    chosen = next(p for p in order if rates[p] >= 0.97 * best)
+    figures = ", ".join(f"{p} {rates[p]:.2f}" for p in sorted(order, key=lambda p: -rates[p]))
+    return chosen, f"{chosen}: fastest {source}, images/s: {figures}"
+
+
+def cpu_precision_for(version: str | os.PathLike, requested: str, here: dict | None = None,
+                      measure: Callable[[list[str]], dict[str, float]] | None = None) -> tuple[str, str]:  # fmt: skip
     """(precision, why) to serve ``version`` in: ``requested`` auto/f32/bf16/int8, checked against
-    the version's export.json gates.  RuntimeUnavailable for a precision export did not pass."""
+    the version's export.json gates.  auto: the fastest measured on this CPU (``here``, default
+    ``cpu.describe()``; ``measure`` defaults to ``time_cpu_precisions`` on the version).
+    RuntimeUnavailable for a precision export did not pass."""
     from contract import layout
 
     manifest_path = Path(version) / layout.MANIFEST
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
     allowed = gated_precisions(manifest)
     if requested == "auto":
-        return choose_cpu_precision(cpu_flags, allowed)
+        record = (manifest.get("cpu_precisions") or {}).get("timings")
+        return choose_measured_precision(allowed, record, here or cpu.describe(), measure or (lambda ps: time_cpu_precisions(version, ps)))
     if requested not in allowed:
         entry = (manifest.get("cpu_precisions") or {}).get(requested) or {}
         detail = entry.get("skipped") or ("its gate failed" if entry else "export did not check it")

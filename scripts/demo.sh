@@ -53,7 +53,7 @@ until grep -q "ready\." "$out/serve.log"; do
   kill -0 "$pid" 2>/dev/null || { cat "$out/serve.log"; echo "alexnet-serve failed" >&2; exit 1; }
   sleep 1
 done
-grep -h "config 'cpu'" "$out/serve.log" || true
+grep -h "config 'cpu'\|alexnet-serve: alexnet_" "$out/serve.log" || true
 
 say "4/5 accuracy through the server (10-crop)"
 rm -f "$out/labels-10crop.csv"
@@ -78,6 +78,8 @@ for precision in ("bf16", "int8"):
     gate = gates.get(precision) or {}
     if gate.get("held_back"):
         print(f"  {precision} gate: {gate['held_back']['top1_agreement']:.2%} top-1 agreement with fp32 on {gate['held_back']['images']} held-back images")
+served_as = [line.split(": ", 1)[1] for line in (out / "serve.log").read_text().splitlines() if line.startswith("alexnet-serve: alexnet_")]
+print(f"served as: {served_as[0] if served_as else 'unknown (serve.log names no choice)'}")
 for lv in json.loads((out / "bench" / "results.json").read_text())["levels"]:
     lat = lv["latency_ms"]
     head = f"  {lv['target']:<9} concurrency {lv['concurrency']}:"

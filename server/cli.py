@@ -358,6 +358,9 @@ def serve(args: argparse.Namespace) -> int:
                 _print_errors(f"alexnet-serve: Triton {reason}; its errors:", triton_proc, log_path, bool(args.log_file))
                 return 1
             if restarts == 0:
+                # What the model chose (runtime, precision and the measurement behind it), in its own words.
+                for choice in triton.model_choices(log_path.read_text(errors="replace") if log_path.is_file() else ""):
+                    print(f"alexnet-serve: {choice}", flush=True)
                 scheme = "https" if guard.tls else "http"
                 print(f"alexnet-serve: ready. HTTP {scheme}://{args.host}:{args.http_port}  gRPC {args.host}:{args.grpc_port}  "
                       f"metrics {scheme}://{args.host}:{args.metrics_port}/metrics  (Ctrl-C stops)", flush=True)  # fmt: skip

@@ -11,6 +11,7 @@ project itself), so it is started with this venv first on PATH.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -142,3 +143,11 @@ def command(
     if triton.backend_directory:
         cmd.append(f"--backend-directory={triton.backend_directory}")
     return cmd
+
+
+def model_choices(log_text: str, model: str = "alexnet") -> list[str]:
+    """What ``model``'s instances said they run, from Triton's log: the runtime, precision,
+    device, threads and file, and why that precision ("alexnet_0_0: openvino int8 on CPU (2
+    thread(s)), model.int8.xml; precision int8: fastest measured ...").  One line per instance."""
+    found = re.findall(rf'"({re.escape(model)}_\d+_\d+: [^"]* thread\(s\)\)[^"]*)"', log_text)
+    return list(dict.fromkeys(found))
