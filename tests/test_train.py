@@ -335,3 +335,59 @@ def test_bad_checkpoint_files(trained_run, fashion_dir, tmp_path, kind):
     line = one_line_error(run_cli("--evaluate", str(bad), "--data", str(fashion_dir)))
     assert str(bad) in line
     assert {"truncated": "not a readable checkpoint", "foreign": "not a readable checkpoint", "state_dict": "missing"}[kind] in line
+
+
+# --- the time budget ------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_time_budget_caps_the_steps_from_the_measured_pace():
+    from train.budget import PROBE_STEPS, WARMUP_STEPS, TimeBudget
+
+    clock = FakeClock()
+    budget = TimeBudget(600, planned_steps=1000, batch_size=32, eval_images=500, eval_crops=10, epochs_left=1, started=0.0, clock=clock)
+    clock.now = 60.0  # statistics and compile
+    decided = []
+    for _ in range(WARMUP_STEPS + PROBE_STEPS):
+        clock.now += 1.0  # 1 s per step of 32 images
+        decided.append(budget.step())
+    assert decided == [False] * (WARMUP_STEPS + PROBE_STEPS - 1) + [True]
+    # Validation: 500 images x 10 crops x 1/3 of a training image's 1/32 s = 52 s kept back.
+    assert budget.eval_reserve_s == pytest.approx(500 * 10 / 3 / 32)
+    left = 600 - clock.now - budget.eval_reserve_s
+    assert budget.cap == budget.steps + int(left / 1.0) and not budget.exhausted()
+    budget.steps = budget.cap
+    assert budget.exhausted() and f"{budget.cap} of 1000 steps fit" in budget.describe()
+    roomy = TimeBudget(10_000, planned_steps=100, batch_size=32, eval_images=0, eval_crops=10, epochs_left=1, started=0.0, clock=clock)
+    for _ in range(WARMUP_STEPS + PROBE_STEPS):
+        clock.now += 1.0
+        roomy.step()
+    assert roomy.cap == 100, "a budget never adds steps to the recipe's"
+
+
+def test_training_stops_inside_its_budget_and_anneals_to_the_end(tmp_path):
+    """A budget too small for the run: it stops right after the probe steps, and the one-cycle
+    schedule, re-sized to the cap, has reached its end on the last step."""
+    from train.budget import PROBE_STEPS, WARMUP_STEPS
+    from train.cli import cli
+
+    out = tmp_path / "run"
+    data_dir = make_fashion_like(tmp_path / "data", n_train=640, n_val=16)
+    args = ["--data", str(data_dir), "--preset", "demo", "--epochs", "1", "--val-limit", "8", "--out", str(out), "--time-budget", "1",
+            *FAST, "--batch-size", "8"]  # fmt: skip
+    assert cli(args) == 0
+    state = checkpoint.load(out / "checkpoint.pt")
+    (row,) = state["metrics"]
+    steps = WARMUP_STEPS + PROBE_STEPS
+    assert row["time_budget"]["stopped_early"] and row["time_budget"]["steps_cap"] == steps and row["time_budget"]["planned_steps"] == 80
+    assert row["train_images"] == steps * 8
+    # The cycle was re-sized to the cap and ran to its end on the last step (without the budget
+    # it would stand at step 13 of 80, its learning rate near the top).
+    assert state["scheduler"]["total_steps"] == state["scheduler"]["last_epoch"] == steps

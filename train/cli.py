@@ -12,6 +12,8 @@ import dataclasses
 import json
 import logging
 import sys
+import time
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import torch
 from torch.utils.data import DistributedSampler, Subset
 
 from train import accel, checkpoint, data, distributed, engine, report
+from train.budget import TimeBudget
 from train.checkpoint import CheckpointError
 from train.data import DataError
 from train.model import alexnet, count_parameters
@@ -46,6 +49,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--evaluate", type=Path, metavar="CHECKPOINT", help="only evaluate CHECKPOINT on the validation split")
     parser.add_argument("--crops", type=int, choices=(1, 10), default=10, help="with --evaluate: centre crop only, or also the 10-crop average")
     parser.add_argument("--json", action="store_true", help="with --evaluate: print the result as JSON")
+    parser.add_argument("--time-budget", type=float, default=0, metavar="SECONDS",
+                        help="end the run within SECONDS of wall clock (statistics, compile and validation included): the "
+                             "steps are capped after timing the first few, and a one-cycle schedule is re-sized to the cap; "
+                             "0: no budget, the recipe's epochs and images")  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true")
 
     group = parser.add_argument_group("recipe (the paper's numbers; section in brackets)")
@@ -74,15 +81,16 @@ def make_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int):
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int, total_steps: int | None = None):
     """[5] plateau: lr / 10 when the centre-crop validation error has not improved for ``patience``
     epochs, at most ``max_reductions`` times (stepped once an epoch).  onecycle (the demo's
     deviation): 10% linear warm-up to ``lr``, then cosine annealing to ~0 over the run
     (stepped every batch): a 2-epoch budget never reaches a plateau, and annealing is what
-    turns its last steps into accuracy."""
+    turns its last steps into accuracy.  ``total_steps``: the cycle's length when a time
+    budget capped it (default: every step of every epoch)."""
     if recipe.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=recipe.lr, total_steps=max(2, recipe.epochs * steps_per_epoch), pct_start=0.1,
+            optimizer, max_lr=recipe.lr, total_steps=max(2, total_steps or recipe.epochs * steps_per_epoch), pct_start=0.1,
             anneal_strategy="cos", cycle_momentum=False, div_factor=10.0, final_div_factor=100.0,
         )  # fmt: skip
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -195,7 +203,18 @@ def save_epoch(run: Run, args: argparse.Namespace, model, optimizer, scheduler, 
     report.plot_curves(args.out / "curves.png", history)
 
 
+def _resize_cycle(scheduler, optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int, total_steps: int):
+    """The one-cycle schedule re-made for ``total_steps``, at the step ``scheduler`` reached."""
+    resized = make_scheduler(optimizer, recipe, steps_per_epoch, total_steps)
+    resized.last_epoch = scheduler.last_epoch - 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "step() before optimizer.step()": it was, on the old scheduler
+        resized.step()
+    return resized
+
+
 def train(args: argparse.Namespace, ctx: distributed.Context) -> dict[str, Any]:
+    started = time.perf_counter()  # the time budget counts from here: statistics and compile are in it
     run = resolve_run(args)
     statistics(run, args, ctx)
     recipe = run.recipe
@@ -225,6 +244,24 @@ def train(args: argparse.Namespace, ctx: distributed.Context) -> dict[str, Any]:
             "%s arch, %d classes, %s parameters; %d train / %d val images; %d rank(s) on %s",
             recipe.arch, len(run.classes), f"{count_parameters(model):,}", len(run.train_idx), len(run.val_idx), ctx.world_size, ctx.device,
         )  # fmt: skip
+    budget = None
+    if args.time_budget > 0 and start_epoch < recipe.epochs:
+        world = ctx.world_size
+        budget = TimeBudget(args.time_budget, (recipe.epochs - start_epoch) * len(train_loader), per_rank_batch,
+                            eval_images=len(run.val_idx) // world, eval_crops=recipe.eval_crops, epochs_left=recipe.epochs - start_epoch,
+                            started=started, reduce=lambda x: distributed.all_reduce_sum([x], ctx)[0] / world)  # fmt: skip
+    live = {"scheduler": scheduler}  # a budget may replace it mid-epoch
+
+    def after_step() -> None:
+        if recipe.schedule == "onecycle":
+            live["scheduler"].step()
+        if budget is not None and budget.step():
+            if ctx.is_main:
+                log.info("%s", budget.describe())
+            if recipe.schedule == "onecycle" and budget.cap < budget.planned_steps:
+                first = live["scheduler"].last_epoch - budget.steps  # steps taken before this run (a resume)
+                live["scheduler"] = _resize_cycle(live["scheduler"], optimizer, recipe, len(train_loader), first + budget.cap)
+
     for epoch in range(start_epoch, recipe.epochs):
         generator = _seed_epoch(recipe, epoch, ctx.rank)
         sampler.set_epoch(epoch)
@@ -233,16 +270,18 @@ def train(args: argparse.Namespace, ctx: distributed.Context) -> dict[str, Any]:
             pca_std=recipe.pca_std, flip=recipe.flip, generator=generator,
         )  # fmt: skip
         lr = optimizer.param_groups[0]["lr"]
-        per_step = scheduler.step if recipe.schedule == "onecycle" else None
         result = engine.train_one_epoch(net, train_loader, optimizer, transform, ctx, autocast, memory_format,
-                                        f"epoch {epoch + 1}/{recipe.epochs}", per_step)  # fmt: skip
+                                        f"epoch {epoch + 1}/{recipe.epochs}", after_step, budget.exhausted if budget else None)  # fmt: skip
         val = engine.evaluate(classifier, val_loader, ctx, autocast, desc="validate")
+        scheduler = live["scheduler"]
         if recipe.schedule == "plateau":
             scheduler.step(val["top1_centre_error"])
         history.append({
             "epoch": epoch + 1, "lr": lr, "train_loss": result.loss, "train_error": result.error,
             "train_images": result.images, "train_img_per_s": result.images / result.seconds,
             "skipped": len(result.problems), **{f"val_{k}": v for k, v in val.items()},
+            **({"time_budget": {"seconds": budget.seconds, "steps_cap": budget.cap, "planned_steps": budget.planned_steps,
+                                "seconds_per_step": budget.seconds_per_step, "stopped_early": budget.exhausted()}} if budget else {}),
         })  # fmt: skip
         if result.problems:
             shown = "; ".join(result.problems[:10]) + (f"; ... {len(result.problems) - 10} more" if len(result.problems) > 10 else "")
@@ -254,6 +293,11 @@ def train(args: argparse.Namespace, ctx: distributed.Context) -> dict[str, Any]:
                 epoch + 1, result.loss, result.error, history[-1]["train_img_per_s"], val["top1_centre_error"], val["top5_centre_error"], lr,
             )  # fmt: skip
         distributed.barrier(ctx)
+        if budget is not None and budget.exhausted():
+            if ctx.is_main:
+                log.info("stopped by the time budget after %d of %d steps, %.0f s after the start", budget.steps, budget.planned_steps,
+                         time.perf_counter() - started)  # fmt: skip
+            break
     digest = distributed.check_replicas(model, ctx)
     if ctx.is_main and ctx.enabled:
         log.info("all %d ranks hold identical weights (sha256 %s)", ctx.world_size, digest[:16])

@@ -35,8 +35,10 @@ def train_one_epoch(
     memory_format: torch.memory_format,
     desc: str,
     after_step: Callable[[], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> EpochResult:
-    """One pass over ``loader``; ``after_step`` (a per-step lr schedule) runs after every optimiser step."""
+    """One pass over ``loader``; ``after_step`` (a per-step lr schedule) runs after every optimiser
+    step; ``should_stop`` (a time budget) ends the pass early once it says so."""
     model.train()
     criterion = nn.CrossEntropyLoss()
     loss_sum, wrong, seen, problems = 0.0, 0, 0, []
@@ -60,14 +62,19 @@ def train_one_epoch(
         optimizer.step()
         if after_step is not None:
             after_step()
+        stop = should_stop is not None and should_stop()
 
         if n == 0:
+            if stop:
+                break
             continue
         loss_sum += loss.item() * n
         wrong += (logits.argmax(dim=1) != labels).sum().item()
         seen += n
         elapsed = time.perf_counter() - start
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", err=f"{wrong / seen:.3f}", img_s=f"{seen * ctx.world_size / elapsed:.1f}")
+        if stop:
+            break
     bar.close()
     loss_sum, wrong, seen = distributed.all_reduce_sum([loss_sum, wrong, seen], ctx)
     seconds = time.perf_counter() - start
