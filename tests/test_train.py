@@ -349,7 +349,7 @@ class FakeClock:
 
 
 def test_time_budget_caps_the_steps_from_the_measured_pace():
-    from train.budget import PROBE_STEPS, WARMUP_STEPS, TimeBudget
+    from train.budget import PROBE_STEPS, RECHECK_STEPS, WARMUP_STEPS, TimeBudget
 
     clock = FakeClock()
     budget = TimeBudget(600, planned_steps=1000, batch_size=32, eval_images=500, eval_crops=10, epochs_left=1, started=0.0, clock=clock)
@@ -365,6 +365,19 @@ def test_time_budget_caps_the_steps_from_the_measured_pace():
     assert budget.cap == budget.steps + int(left / 1.0) and not budget.exhausted()
     budget.steps = budget.cap
     assert budget.exhausted() and f"{budget.cap} of 1000 steps fit" in budget.describe()
+    # The CPU slows (it warms, or another process wakes): the next check moves the cap down.
+    slow = TimeBudget(600, planned_steps=1000, batch_size=32, eval_images=0, eval_crops=1, epochs_left=1, started=0.0, clock=clock)
+    clock.now = 0.0
+    for _ in range(WARMUP_STEPS + PROBE_STEPS):
+        clock.now += 1.0
+        slow.step()
+    first = slow.cap
+    while slow.steps < WARMUP_STEPS + RECHECK_STEPS - 1:  # the next check: 25 timed steps
+        clock.now += 2.0
+        assert not slow.step()
+    clock.now += 2.0
+    assert slow.step() and slow.cap < first
+    assert slow.cap == slow.steps + int((600 - clock.now) / slow.seconds_per_step)
     roomy = TimeBudget(10_000, planned_steps=100, batch_size=32, eval_images=0, eval_crops=10, epochs_left=1, started=0.0, clock=clock)
     for _ in range(WARMUP_STEPS + PROBE_STEPS):
         clock.now += 1.0

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 WARMUP_STEPS = 3  # compile, allocator and caches: not representative
-PROBE_STEPS = 10  # then timed
+PROBE_STEPS = 10  # then timed, and the cap set
+RECHECK_STEPS = 25  # then the cap is set again from the pace since the probe began (a CPU slows as it warms)
 # A validation image is 10 forward passes of a crop, each about a third of a training step's
 # per-image cost (forward only, no backward or optimiser update).
 EVAL_COST_PER_CROP = 1 / 3
@@ -47,19 +48,23 @@ class TimeBudget:
     _probe_start: float | None = None
 
     def step(self) -> bool:
-        """Count one optimiser step; True on the step where the cap is decided."""
+        """Count one optimiser step; True when the cap was set or changed on this step."""
         self.steps += 1
-        if self.steps == WARMUP_STEPS:
+        timed = self.steps - WARMUP_STEPS
+        if timed == 0:
             self._probe_start = self.clock()
-        elif self.steps == WARMUP_STEPS + PROBE_STEPS and self.cap is None:
-            per_step = max(self.reduce((self.clock() - self._probe_start) / PROBE_STEPS), 1e-9)
-            per_image = per_step / max(self.batch_size, 1)
-            self.seconds_per_step = per_step
-            self.eval_reserve_s = self.epochs_left * self.eval_images * self.eval_crops * EVAL_COST_PER_CROP * per_image
-            left = self.seconds - (self.clock() - self.started) - self.eval_reserve_s
-            self.cap = min(self.planned_steps, self.steps + max(0, int(left / per_step)))
-            return True
+        elif timed == PROBE_STEPS or (timed > PROBE_STEPS and timed % RECHECK_STEPS == 0 and not self.exhausted()):
+            before = self.cap
+            self._set_cap(max(self.reduce((self.clock() - self._probe_start) / timed), 1e-9))
+            return self.cap != before
         return False
+
+    def _set_cap(self, per_step: float) -> None:
+        per_image = per_step / max(self.batch_size, 1)
+        self.seconds_per_step = per_step
+        self.eval_reserve_s = self.epochs_left * self.eval_images * self.eval_crops * EVAL_COST_PER_CROP * per_image
+        left = self.seconds - (self.clock() - self.started) - self.eval_reserve_s
+        self.cap = min(self.planned_steps, self.steps + max(0, int(left / per_step)))
 
     def exhausted(self) -> bool:
         """True once the capped number of steps has been taken."""
@@ -69,5 +74,5 @@ class TimeBudget:
         if self.cap is None:
             return f"time budget {self.seconds:.0f} s: not measured yet"
         fits = "all" if self.cap >= self.planned_steps else f"{self.cap}"
-        return (f"time budget {self.seconds:.0f} s: {self.seconds_per_step:.3f} s/step over {PROBE_STEPS} steps, "
+        return (f"time budget {self.seconds:.0f} s: {self.seconds_per_step:.3f} s/step over {self.steps - WARMUP_STEPS} steps, "
                 f"{self.eval_reserve_s:.0f} s kept for validation; {fits} of {self.planned_steps} steps fit")  # fmt: skip

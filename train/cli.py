@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DistributedSampler, Subset
 
 from train import accel, checkpoint, data, distributed, engine, report
-from train.budget import TimeBudget
+from train.budget import PROBE_STEPS, WARMUP_STEPS, TimeBudget
 from train.checkpoint import CheckpointError
 from train.data import DataError
 from train.model import alexnet, count_parameters
@@ -257,8 +257,8 @@ def train(args: argparse.Namespace, ctx: distributed.Context) -> dict[str, Any]:
             live["scheduler"].step()
         if budget is not None and budget.step():
             if ctx.is_main:
-                log.info("%s", budget.describe())
-            if recipe.schedule == "onecycle" and budget.cap < budget.planned_steps:
+                log.log(logging.INFO if budget.steps == WARMUP_STEPS + PROBE_STEPS else logging.DEBUG, "%s", budget.describe())
+            if recipe.schedule == "onecycle":
                 first = live["scheduler"].last_epoch - budget.steps  # steps taken before this run (a resume)
                 live["scheduler"] = _resize_cycle(live["scheduler"], optimizer, recipe, len(train_loader), first + budget.cap)
 
@@ -271,7 +271,7 @@ def train(args: argparse.Namespace, ctx: distributed.Context) -> dict[str, Any]:
         )  # fmt: skip
         lr = optimizer.param_groups[0]["lr"]
         result = engine.train_one_epoch(net, train_loader, optimizer, transform, ctx, autocast, memory_format,
-                                        f"epoch {epoch + 1}/{recipe.epochs}", after_step, budget.exhausted if budget else None)  # fmt: skip
+                                        f"epoch {epoch + 1}/{recipe.epochs}", after_step, budget)  # fmt: skip
         val = engine.evaluate(classifier, val_loader, ctx, autocast, desc="validate")
         scheduler = live["scheduler"]
         if recipe.schedule == "plateau":

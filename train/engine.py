@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 import imaging
 from train import distributed
+from train.budget import TimeBudget
 from train.transforms import CropAverage
 
 
@@ -35,10 +36,11 @@ def train_one_epoch(
     memory_format: torch.memory_format,
     desc: str,
     after_step: Callable[[], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    budget: TimeBudget | None = None,
 ) -> EpochResult:
     """One pass over ``loader``; ``after_step`` (a per-step lr schedule) runs after every optimiser
-    step; ``should_stop`` (a time budget) ends the pass early once it says so."""
+    step; a time ``budget`` (counted by ``after_step``) ends the pass early once exhausted, and
+    the progress bar shows its cap once it is known."""
     model.train()
     criterion = nn.CrossEntropyLoss()
     loss_sum, wrong, seen, problems = 0.0, 0, 0, []
@@ -62,7 +64,10 @@ def train_one_epoch(
         optimizer.step()
         if after_step is not None:
             after_step()
-        stop = should_stop is not None and should_stop()
+        stop = budget is not None and budget.exhausted()
+        if budget is not None and budget.cap is not None and bar.total != budget.cap - budget.steps + bar.n + 1:
+            bar.total = budget.cap - budget.steps + bar.n + 1  # this pass's steps under the cap
+            bar.refresh()
 
         if n == 0:
             if stop:
