@@ -141,13 +141,15 @@ def served_runtime(probe: Connection) -> tuple[str, str]:
     return value("runtime", "onnxruntime"), value("precision", "f32")
 
 
-def _open_runtime(version: Path, runtime: str, precision: str) -> runtimes.Runtime:
+def _open_runtime(version: Path, runtime: str, precision: str) -> tuple[runtimes.Runtime, str]:
+    """(the runtime, why this precision): openvino's "auto" picks as the served cpu config does,
+    from export's timings when they were taken on this kind of CPU."""
     if runtime == "openvino":
-        precision, _ = runtimes.cpu_precision_for(version, precision)
-        return runtimes.openvino(version, precision, max_images_per_run=4)
+        precision, why = runtimes.cpu_precision_for(version, precision)
+        return runtimes.openvino(version, precision, max_images_per_run=4), why
     if runtime == "pytorch":
-        return runtimes.pytorch(version / runtimes.FILES["torchscript"])
-    return runtimes.onnxruntime(version / runtimes.FILES["int8" if precision == "int8" else "f32"], max_images_per_run=4)
+        return runtimes.pytorch(version / runtimes.FILES["torchscript"]), ""
+    return runtimes.onnxruntime(version / runtimes.FILES["int8" if precision == "int8" else "f32"], max_images_per_run=4), ""
 
 
 def runtime_specs(text: str, version: Path) -> list[tuple[str, str]]:
@@ -170,7 +172,7 @@ def inprocess_caller(args: argparse.Namespace, images: list[bytes], runtime: str
     if version is None:
         raise ServerError(f"no exported model in {args.repository / MODEL} for --inprocess: run alexnet-export first")
     try:
-        model = _open_runtime(version, runtime, precision)
+        model, why = _open_runtime(version, runtime, precision)
     except (runtimes.RuntimeUnavailable, FileNotFoundError, ValueError) as exc:
         raise ServerError(f"in-process {runtime} {precision}: {exc}") from None
     decode = args.model == ENSEMBLE  # the ensemble's baseline decodes in each call; alexnet's gets arrays
@@ -186,7 +188,7 @@ def inprocess_caller(args: argparse.Namespace, images: list[bytes], runtime: str
 
         return call
 
-    return make_call, model.describe()
+    return make_call, model.describe() + (f"; precision {why}" if why and why != "asked for" else "")
 
 
 # --- reporting ------------------------------------------------------------------------------------------
@@ -395,6 +397,9 @@ def main(args: argparse.Namespace) -> int:
     except ServerError as exc:
         print(f"alexnet-bench: error: {exc}", file=sys.stderr)
         return 2
+    for key, label in (("served_runtime", "served"), ("inprocess_runtime", "in-process")):
+        if runtimes_used.get(key):
+            print(f"{label}: {runtimes_used[key]}")
     print_table(levels)
     if args.baseline_url:
         print_ratios(levels, "served", "baseline-url")

@@ -366,6 +366,10 @@ def test_bench_numbers_and_files(triton_server, tmp_path):
     assert (out / "results.csv").read_text().count("\n") == 5
     assert (out / "latency.png").read_bytes()[:4] == b"\x89PNG"
     assert "served" in proc.stdout and "inprocess" in proc.stdout
+    # What runs, beside the numbers: the served config's runtime, and the in-process model it is compared with.
+    said = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if line.startswith(("served: ", "in-process: ")))
+    meta = data["meta"]
+    assert said["served"] == meta["served_runtime"] and said["in-process"] == meta["inprocess_runtime"] and " on CPU" in said["in-process"]
 
 
 def test_bench_finds_images_wherever_they_sort_and_skips_broken_ones(triton_server, photo_path, tmp_path):
