@@ -29,6 +29,7 @@ WORKDIR /opt/alexnet
 COPY pyproject.toml README.md ./
 COPY contract contract
 COPY imaging imaging
+COPY runtime runtime
 COPY train train
 COPY export export
 COPY server server

@@ -1,5 +1,10 @@
-"""Clients of the AlexNet Triton server: the Classifier library, alexnet-classify, alexnet-label, alexnet-bench."""
+"""Clients of the AlexNet Triton server: the Classifier library, alexnet-classify, alexnet-label, alexnet-bench.
+
+``ClassifierError`` is the one exception to catch; it is a ``ServerError`` (the server failed
+or refused) or a ``LocalError`` (a file, the client's own decode, or the options).
+"""
 
 from clients.classifier import Classifier, ClassifierError, Result
+from clients.protocol import LocalError, ServerError
 
-__all__ = ["Classifier", "ClassifierError", "Result"]
+__all__ = ["Classifier", "ClassifierError", "LocalError", "Result", "ServerError"]

@@ -1,6 +1,6 @@
 """Top-1 accuracy of an alexnet-label output whose images sit in folders named by class index.
 
-    python -m clients.accuracy runs/demo/labels-10crop.csv --labels model_repository/alexnet/labels.txt
+    python -m clients.accuracy runs/demo/labels-10crop.csv --labels served/alexnet/labels.txt
 """
 
 from __future__ import annotations

@@ -20,23 +20,23 @@ printed), 2 for bad input or no server.  (perf_analyzer, the usual tool, is not 
 from __future__ import annotations
 
 import argparse
-import csv
 import io
-import json
 import sys
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 import imaging
+from clients import loadgen, report
 from clients.label import walk
-from clients.load import PERCENTILES, Level, ServerMemory, run_level, run_open_level, server_split
-from clients.protocol import DEFAULT_URLS, PROTOCOLS, Connection, ServerError, add_credential_arguments, bytes_batch, credentials_from
-from contract import ENSEMBLE, MODEL, cpu, files, layout, runtimes
+from clients.load import Level, ServerMemory, run_level, run_open_level, server_split
+from clients.protocol import DEFAULT_URLS, PROTOCOLS, ClientError, Connection, LocalError, ServerError, add_credential_arguments, bytes_batch, credentials_from
+from contract import ENSEMBLE, MODEL, PREPROCESS, cpu, layout
+from runtime import RecordError, RuntimeUnavailable, Version
+from runtime.version import images_per_run
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -80,9 +80,9 @@ def load_images(folder: Path | None, limit: int = 64) -> list[bytes]:
     """Up to ``limit`` images as JPEG bytes (as cameras and browsers send them: others re-encoded).
 
     Searches the whole folder (any name, any depth); files that are not images are passed
-    over, broken images are skipped and named on stderr.  ServerError when none is found."""
+    over, broken images are skipped and named on stderr.  LocalError when none is found."""
     if folder is not None and not folder.is_dir():
-        raise ServerError(f"--images {folder} is not a folder")
+        raise LocalError(f"--images {folder} is not a folder")
     paths = imaging.sample_photographs() if folder is None else walk(folder, recursive=True)
     out: list[bytes] = []
     skipped = 0
@@ -104,7 +104,7 @@ def load_images(folder: Path | None, limit: int = 64) -> list[bytes]:
             skipped += 1
             print(f"alexnet-bench: skipping {path}: {exc}", file=sys.stderr)
     if not out:
-        raise ServerError(f"no usable images found in {folder}" + (f" ({skipped} broken)" if skipped else ""))
+        raise LocalError(f"no usable images found in {folder}" + (f" ({skipped} broken)" if skipped else ""))
     return out
 
 
@@ -120,7 +120,7 @@ def served_caller(args: argparse.Namespace, images: list[bytes], url: str | None
         raise ServerError(f"model '{args.model}' is not ready at {probe.url}", "unavailable")
     info = probe.describe(args.model)
     if info.max_batch_size and args.batch > info.max_batch_size:
-        raise ServerError(f"--batch {args.batch} is over model '{args.model}''s max_batch_size {info.max_batch_size}")
+        raise LocalError(f"--batch {args.batch} is over model '{args.model}''s max_batch_size {info.max_batch_size}")
     if info.input_datatype == "BYTES":
         tensors = [bytes_batch([images[(i + k) % len(images)] for k in range(args.batch)]) for i in range(len(images))]
     else:
@@ -141,40 +141,28 @@ def served_runtime(probe: Connection) -> tuple[str, str]:
     return value("runtime", "onnxruntime"), value("precision", "f32")
 
 
-def _open_runtime(version: Path, runtime: str, precision: str) -> tuple[runtimes.Runtime, str]:
-    """(the runtime, why this precision): openvino's "auto" picks as the served cpu config does,
-    from export's timings when they were taken on this kind of CPU."""
-    if runtime == "openvino":
-        precision, why = runtimes.cpu_precision_for(version, precision)
-        return runtimes.openvino(version, precision, max_images_per_run=4), why
-    if runtime == "pytorch":
-        return runtimes.pytorch(version / runtimes.FILES["torchscript"]), ""
-    return runtimes.onnxruntime(version / runtimes.FILES["int8" if precision == "int8" else "f32"], max_images_per_run=4), ""
-
-
-def runtime_specs(text: str, version: Path) -> list[tuple[str, str]]:
+def runtime_specs(text: str, version: Version) -> list[tuple[str, str]]:
     """--runtimes: the (runtime, precision) pairs asked for; ``all`` = every CPU one this version and machine allow."""
     if text != "all":
         return [(spec.partition(":")[0], spec.partition(":")[2] or "f32") for spec in text.split(",") if spec.strip()]
-    specs = [("onnxruntime", "f32")]
-    if (version / runtimes.FILES["int8"]).is_file():
-        specs.append(("onnxruntime", "int8"))
-    manifest = version / layout.MANIFEST
-    gated = runtimes.gated_precisions(json.loads(manifest.read_text()) if manifest.is_file() else {})
-    specs += [("openvino", p) for p in ("f32", "bf16", "int8") if p in gated and (p != "bf16" or cpu.has_native_bf16())]
-    return specs
+    gated = version.record.allowed_precisions()
+    specs = [("onnxruntime", p) for p in ("f32", "int8") if p in gated]
+    return specs + [("openvino", p) for p in ("f32", "bf16", "int8") if p in gated and (p != "bf16" or cpu.has_native_bf16())]
 
 
 def inprocess_caller(args: argparse.Namespace, images: list[bytes], runtime: str, precision: str) -> tuple[Callable, str]:
-    """The served pipeline in this process: imaging's decode, then the same file in the same runtime
-    (4 images a run, as the CPU configs)."""
-    version = layout.latest_version(args.repository)
+    """The served pipeline in this process: imaging's decode, then the same file in the same runtime,
+    opened as the served config opens it (its images per run; openvino "auto" picks as the cpu
+    config does, from export's timings when they were taken on this kind of CPU)."""
+    version = Version.latest(args.repository)
     if version is None:
-        raise ServerError(f"no exported model in {args.repository / MODEL} for --inprocess: run alexnet-export first")
+        raise LocalError(f"no exported model in {args.repository / MODEL} for --inprocess: run alexnet-export first")
     try:
-        model, why = _open_runtime(version, runtime, precision)
-    except (runtimes.RuntimeUnavailable, FileNotFoundError, ValueError) as exc:
-        raise ServerError(f"in-process {runtime} {precision}: {exc}") from None
+        runtime = runtime or "onnxruntime"  # a model outside the repository's: the fp32 baseline
+        model = version.open(runtime, precision, max_images_per_run=images_per_run(runtime))
+    except (RuntimeUnavailable, RecordError, FileNotFoundError, ValueError) as exc:
+        raise LocalError(f"in-process {runtime} {precision}: {exc}") from None
+    why = model.why
     decode = args.model == ENSEMBLE  # the ensemble's baseline decodes in each call; alexnet's gets arrays
     arrays = [] if decode else [imaging.load(img) for img in images]
     lock = threading.Lock()  # one model instance, like the server's; callers queue for it
@@ -189,137 +177,6 @@ def inprocess_caller(args: argparse.Namespace, images: list[bytes], runtime: str
         return call
 
     return make_call, model.describe() + (f"; precision {why}" if why and why != "asked for" else "")
-
-
-# --- reporting ------------------------------------------------------------------------------------------
-
-
-def print_table(levels: list[Level]) -> None:
-    head = f"{'target':<18}{'conc':>5}{'img/s':>9}{'p50':>9}{'p90':>9}{'p95':>9}{'p99':>9}{'max':>9}{'err':>5}  server split (ms/request: queue, infer, batch)"
-    print(head)
-    for lv in levels:
-        lat = lv.latency_ms
-        split = lv.server_ms.get("alexnet", {})
-        extra = f"  q {split.get('queue', 0):.1f}  infer {split.get('compute_infer', 0):.1f}  b {split.get('avg_batch', 0):.1f}" if split else ""
-        if lv.arrival_rate is not None:  # open loop: the offered rate, accepted and refused requests, peak memory
-            rss = f"  peak RSS {lv.server_rss_mib:.0f} MiB" if lv.server_rss_mib else ""
-            print(f"{lv.target:<18}{lv.arrival_rate:>4g}/s accepted {lv.requests} ({lv.throughput:.2f} img/s), refused {lv.errors}; accepted latency "
-                  + (f"p50 {lat['p50']:.0f} p99 {lat['p99']:.0f} max {lat['max']:.0f} ms" if lat else "none") + rss)  # fmt: skip
-            continue
-        if not lat:  # a slow or busy machine: no request finished inside the level's time
-            print(f"{lv.target:<18}{lv.concurrency:>5}  no request completed within {lv.seconds:.0f} s ({lv.errors} errors): raise --duration")
-            continue
-        print(f"{lv.target:<18}{lv.concurrency:>5}{lv.throughput:>9.2f}" + "".join(f"{lat.get(k, float('nan')):>9.1f}" for k in ("p50", "p90", "p95", "p99", "max"))
-              + f"{lv.errors:>5}{extra}")  # fmt: skip
-
-
-def print_ratios(levels: list[Level], target: str, baseline: str) -> None:
-    """Per concurrency: ``target``'s throughput over ``baseline``'s and its p50 minus the baseline's,
-    each level against the baseline level run right after it.  A concurrency listed more than once
-    (``--concurrency 8,8,8``) is pooled: throughput summed over its rounds, the median p50 difference."""
-    pairs: dict[int, list[tuple[Level, Level]]] = {}
-    for i, lv in enumerate(levels):
-        if lv.target != target:
-            continue
-        base = next((b for b in levels[i + 1 :] if b.target == baseline and b.concurrency == lv.concurrency), None)
-        if base is not None:
-            pairs.setdefault(lv.concurrency, []).append((lv, base))
-    for c, rounds in pairs.items():
-        done = [(a, b) for a, b in rounds if "p50" in a.latency_ms and "p50" in b.latency_ms and b.throughput]
-        if not done:
-            print(f"{target} vs {baseline} at {c} client(s): no completed requests to compare")
-            continue
-        ratio = sum(a.throughput for a, _ in done) / sum(b.throughput for _, b in done)
-        delta = float(np.median([a.latency_ms["p50"] - b.latency_ms["p50"] for a, b in done]))
-        print(f"{target} vs {baseline} at {c} client(s), {len(done)} round(s): throughput {ratio:.3f}x, p50 {delta:+.1f} ms")
-
-
-def write_outputs(out: Path, levels: list[Level], meta: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    files.atomic_write(out / "results.json", json.dumps({"meta": meta, "levels": [asdict(lv) for lv in levels]}, indent=2) + "\n")
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(["target", "concurrency", "requests", "errors", "throughput", *[f"p{p}_ms" for p in PERCENTILES], "max_ms",
-                     "alexnet_queue_ms", "alexnet_infer_ms", "alexnet_avg_batch", "server_rss_mib"])  # fmt: skip
-    for lv in levels:
-        split = lv.server_ms.get("alexnet", {})
-        writer.writerow([lv.target, lv.concurrency, lv.requests, lv.errors, f"{lv.throughput:.3f}",
-                         *[f"{lv.latency_ms.get(f'p{p}', float('nan')):.2f}" for p in PERCENTILES], f"{lv.latency_ms.get('max', float('nan')):.2f}",
-                         f"{split.get('queue', 0):.2f}", f"{split.get('compute_infer', 0):.2f}", f"{split.get('avg_batch', 0):.2f}",
-                         "" if lv.server_rss_mib is None else f"{lv.server_rss_mib:.0f}"])  # fmt: skip
-    files.atomic_write(out / "results.csv", text.getvalue())
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for target in dict.fromkeys(lv.target for lv in levels):
-        rows = [lv for lv in levels if lv.target == target and lv.latency_ms]
-        for key, style in (("p50", "o-"), ("p99", "s--")):
-            ax.plot([lv.throughput for lv in rows], [lv.latency_ms[key] for lv in rows], style, label=f"{target} {key}")
-            for lv in rows:
-                ax.annotate(str(lv.concurrency), (lv.throughput, lv.latency_ms[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set(xlabel="throughput (images/s)", ylabel="latency (ms)", title=f"AlexNet {meta['model']} ({meta['protocol']}); labels: concurrency")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with files.atomic_output(out / "latency.png") as fh:
-        fig.savefig(fh, format="png", dpi=100)
-    plt.close(fig)
-
-
-# --- MLPerf LoadGen --------------------------------------------------------------------------------------
-
-
-def run_loadgen(args: argparse.Namespace, images: list[bytes]) -> int:
-    import mlperf_loadgen as lg
-    from concurrent.futures import ThreadPoolExecutor
-
-    make_call, probe = served_caller(args, images)
-    pool = ThreadPoolExecutor(16)
-    local = threading.local()
-
-    def call(index: int) -> None:
-        if not hasattr(local, "call"):
-            local.call = make_call()
-        local.call(index)
-
-    def answer(sample) -> None:
-        try:
-            call(sample.index)
-        finally:
-            lg.QuerySamplesComplete([lg.QuerySampleResponse(sample.id, 0, 0)])
-
-    def issue(samples) -> None:
-        for sample in samples:
-            pool.submit(answer, sample)
-
-    settings = lg.TestSettings()
-    settings.scenario = {"singlestream": lg.TestScenario.SingleStream, "server": lg.TestScenario.Server, "offline": lg.TestScenario.Offline}[args.scenario]
-    settings.mode = lg.TestMode.PerformanceOnly
-    settings.min_duration_ms = int(args.duration * 1000)
-    settings.max_duration_ms = int(args.duration * 1000 * 4)
-    settings.min_query_count = 8
-    settings.server_target_qps = args.target_qps
-    settings.server_target_latency_ns = int(2e9)
-    settings.offline_expected_qps = args.target_qps
-    settings.single_stream_expected_latency_ns = int(2e8)
-    log_settings = lg.LogSettings()
-    args.out.mkdir(parents=True, exist_ok=True)
-    log_settings.log_output.outdir = str(args.out.resolve())
-    log_settings.log_output.copy_summary_to_stdout = True
-    sut = lg.ConstructSUT(issue, lambda: None)
-    qsl = lg.ConstructQSL(len(images), len(images), lambda _: None, lambda _: None)
-    try:
-        lg.StartTestWithLogSettings(sut, qsl, settings, log_settings)
-    finally:
-        lg.DestroyQSL(qsl)
-        lg.DestroySUT(sut)
-        pool.shutdown(wait=True)
-        probe.close()
-    summary = args.out / "mlperf_log_summary.txt"
-    return 0 if summary.is_file() else 1
 
 
 def parse_levels(text: str) -> list[int]:
@@ -337,13 +194,17 @@ def measure_levels(args: argparse.Namespace, images: list[bytes], levels_wanted:
     make_local, local = inprocess_caller(args, images, runtime, precision) if args.inprocess else (None, "")
     others = []
     if args.runtimes:
-        version = layout.latest_version(args.repository)
+        version = Version.latest(args.repository)
         if version is None:
-            raise ServerError(f"no exported model in {args.repository / MODEL} for --runtimes: run alexnet-export first")
-        for name, prec in runtime_specs(args.runtimes, version):
+            raise LocalError(f"no exported model in {args.repository / MODEL} for --runtimes: run alexnet-export first")
+        try:
+            specs = runtime_specs(args.runtimes, version)
+        except RecordError as exc:
+            raise LocalError(str(exc)) from None
+        for name, prec in specs:
             others.append((f"{name}-{prec}", inprocess_caller(args, images, name, prec)[0]))
     levels: list[Level] = []
-    watch = [ENSEMBLE, "preprocess", MODEL] if args.model == ENSEMBLE else [MODEL]
+    watch = [ENSEMBLE, PREPROCESS, MODEL] if args.model == ENSEMBLE else [MODEL]
     if args.arrival_rates:
         try:
             for rate in (float(r) for r in args.arrival_rates.split(",") if r.strip()):
@@ -388,25 +249,29 @@ def main(args: argparse.Namespace) -> int:
     try:
         images = load_images(args.images, args.max_images)
         if args.scenario:
-            return run_loadgen(args, images)
+            make_call, probe = served_caller(args, images)
+            try:
+                return loadgen.run(make_call, len(images), args.scenario, args.duration, args.target_qps, args.out)
+            finally:
+                probe.close()
         if args.soak:
             from clients import soak
 
             return soak.run(args, images, levels_wanted[0], served_caller)
         levels, runtimes_used = measure_levels(args, images, levels_wanted)
-    except ServerError as exc:
+    except ClientError as exc:
         print(f"alexnet-bench: error: {exc}", file=sys.stderr)
         return 2
     for key, label in (("served_runtime", "served"), ("inprocess_runtime", "in-process")):
         if runtimes_used.get(key):
             print(f"{label}: {runtimes_used[key]}")
-    print_table(levels)
+    report.print_table(levels)
     if args.baseline_url:
-        print_ratios(levels, "served", "baseline-url")
+        report.print_ratios(levels, "served", "baseline-url")
     meta = {"model": args.model, "protocol": args.protocol, "url": args.url or DEFAULT_URLS[args.protocol], "baseline_url": args.baseline_url, "batch": args.batch,
             "duration_s": args.duration, "warmup_s": args.warmup, "images": len(images), "cpu": cpu.describe(),
             **runtimes_used, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
-    write_outputs(args.out, levels, meta)
+    report.write_outputs(args.out, levels, meta)
     print(f"wrote {args.out / 'results.json'}, {args.out / 'results.csv'}, {args.out / 'latency.png'}")
     failed = [lv for lv in levels if lv.errors]
     if failed:

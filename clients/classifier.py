@@ -23,10 +23,11 @@ from typing import Iterable, Iterator, Union
 import numpy as np
 
 import imaging
-from clients.protocol import Connection, ModelInfo, ServerError, bytes_batch, parse_top, resolve_credentials
+from clients.protocol import ClientError, Connection, LocalError, ModelInfo, ServerError, bytes_batch, parse_top, resolve_credentials
+from contract import ENSEMBLE
 from contract.security import Credentials
 
-ClassifierError = ServerError  # the one exception type users catch
+ClassifierError = ClientError  # the one exception type users catch: ServerError or LocalError
 Image = Union[str, os.PathLike, bytes]
 
 
@@ -35,7 +36,7 @@ class Result:
     index: int
     source: str
     labels: list[tuple[str, float]] | None
-    error: ServerError | None = None
+    error: ClientError | None = None
 
 
 def _source(image: Image) -> str:
@@ -48,7 +49,7 @@ def _read(image: Image) -> bytes:
     try:
         return Path(image).read_bytes()
     except OSError as exc:
-        raise ServerError(f"cannot read: {(exc.strerror or str(exc)).lower()}", "refused") from None
+        raise LocalError(f"cannot read: {(exc.strerror or str(exc)).lower()}", "refused") from None
 
 
 class Classifier:
@@ -56,7 +57,7 @@ class Classifier:
         self,
         url: str | None = None,
         protocol: str = "grpc",
-        model: str = "classify",
+        model: str = ENSEMBLE,
         timeout: float = 60.0,
         concurrency: int = 8,
         retry_for: float = 0.0,
@@ -116,7 +117,7 @@ class Classifier:
         try:
             return imaging.load(data)[None]
         except imaging.ImageError as exc:
-            raise ServerError(str(exc), "refused") from None
+            raise LocalError(str(exc), "refused") from None
 
     def wait_ready(self, timeout: float) -> None:
         """Block until the model answers ready, retrying with backoff; ServerError after ``timeout``."""
@@ -146,9 +147,9 @@ class Classifier:
             try:
                 entries = self.connection().infer(self.info, self._tensor(data), class_count=topk)
                 return parse_top(entries)
-            except ServerError as exc:
+            except ClientError as exc:
                 if exc.kind == "refused":
-                    raise ServerError(f"image refused: {exc}", "refused") from None
+                    raise type(exc)(f"image refused: {exc}", "refused") from None
                 if not exc.transient or time.monotonic() + delay > deadline:
                     raise
             time.sleep(delay)
@@ -159,7 +160,7 @@ class Classifier:
         results = []
         for result in self.classify_many(images, topk, ordered=True):
             if result.error is not None:
-                raise ServerError(f"{result.source}: {result.error}", result.error.kind)
+                raise type(result.error)(f"{result.source}: {result.error}", result.error.kind)
             results.append(result.labels)
         return results
 
@@ -186,7 +187,7 @@ class Classifier:
             source = _source(image)
             try:
                 return Result(index, source, self.classify_one(image, topk))
-            except ServerError as exc:
+            except ClientError as exc:
                 return Result(index, source, None, exc)
 
         with ThreadPoolExecutor(width, thread_name_prefix="classify") as pool:

@@ -11,6 +11,7 @@ import json
 import sys
 
 import imaging
+from contract import ENSEMBLE, MODEL
 from clients.classifier import Classifier, ClassifierError
 from clients.protocol import DEFAULT_URLS, PROTOCOLS, add_credential_arguments, credentials_from
 
@@ -21,7 +22,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help=f"image files ({imaging.FORMAT_NAMES})")
     parser.add_argument("--url", help=f"Triton address (default: {DEFAULT_URLS['grpc']} for grpc, {DEFAULT_URLS['http']} for http)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
-    parser.add_argument("--model", default="classify", help="classify (bytes in) or alexnet (the client decodes)")
+    parser.add_argument("--model", default=ENSEMBLE, help=f"{ENSEMBLE} (bytes in) or {MODEL} (the client decodes)")
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     add_credential_arguments(parser)

@@ -31,8 +31,8 @@ from typing import Iterator
 
 import imaging
 from clients.classifier import Classifier, ClassifierError, Result
-from clients.protocol import DEFAULT_URLS, PROTOCOLS, add_credential_arguments, credentials_from
-from contract import files
+from clients.protocol import DEFAULT_URLS, PROTOCOLS, LocalError, add_credential_arguments, credentials_from
+from contract import ENSEMBLE, files
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 # Files with these names are images to the user even when their header is unreadable: they
@@ -59,7 +59,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--keep-failed", action="store_true", help="with --resume: do not retry failed rows (exit 1 says they remain)")
     parser.add_argument("--url", help=f"Triton address (default: {DEFAULT_URLS['grpc']} grpc, {DEFAULT_URLS['http']} http)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
-    parser.add_argument("--model", default="classify")
+    parser.add_argument("--model", default=ENSEMBLE)
     parser.add_argument("--retry-timeout", type=float, default=120.0, help="seconds to keep retrying while the server is down or failing")
     parser.add_argument("--no-progress", action="store_true")
     add_credential_arguments(parser)
@@ -131,7 +131,7 @@ class Output:
         if resume and path.is_file():
             self._recover(keep_failed)
         elif path.exists() and not resume:
-            raise ClassifierError(f"{path} exists: pass --resume to continue it, or choose another --out")
+            raise LocalError(f"{path} exists: pass --resume to continue it, or choose another --out")
         path.parent.mkdir(parents=True, exist_ok=True)
         new = not path.is_file() or path.stat().st_size == 0
         self.fh = open(path, "a", encoding="utf-8", errors=NAME_ERRORS, newline="")

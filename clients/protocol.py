@@ -33,8 +33,9 @@ DEFAULT_URLS = {"grpc": "127.0.0.1:8001", "http": "127.0.0.1:8000"}
 PROTOCOLS = tuple(DEFAULT_URLS)
 
 
-class ServerError(Exception):
-    """A readable failure talking to Triton; ``kind`` says whether retrying can help.
+class ClientError(Exception):
+    """A readable failure of a client call (``ServerError`` or ``LocalError``); ``kind`` says
+    whether retrying can help.
 
     unreachable: no connection (the server is down or restarting) -- transient
     unavailable: the server answered with a fault of its own (a model not ready, a dead
@@ -51,6 +52,15 @@ class ServerError(Exception):
     @property
     def transient(self) -> bool:
         return self.kind in ("unreachable", "unavailable")
+
+
+class ServerError(ClientError):
+    """The server (or the way to it) failed or refused the call."""
+
+
+class LocalError(ClientError):
+    """It failed here, without the server's say: a file that cannot be read, an image this client's
+    own decode refuses ("refused"), options or a local setup that cannot work ("other")."""
 
 
 # Triton's error codes as each protocol reports them (grpc: the status code's name; HTTP:

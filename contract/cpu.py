@@ -39,11 +39,6 @@ def has_native_bf16(cpu_flags: frozenset[str] | set[str] | None = None) -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & set(cpu_flags))
 
 
-def has_amx(cpu_flags: frozenset[str] | set[str] | None = None) -> bool:
-    cpu_flags = flags() if cpu_flags is None else cpu_flags
-    return "amx_bf16" in cpu_flags or "amx_int8" in cpu_flags
-
-
 def cores() -> int:
     """Cores this process may run on (the affinity mask, as a container limits it)."""
     try:

@@ -20,7 +20,6 @@ DEFAULT_SERVED = PROJECT_ROOT / "served"
 REPOSITORY_ENV = "ALEXNET_REPOSITORY"
 
 LABELS = "labels.txt"  # beside alexnet's config: class_count -> "score:index:label"
-MANIFEST = "export.json"  # in each version: what was exported, from what, checked how
 
 
 def default_repository() -> Path:

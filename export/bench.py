@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 import imaging
-from contract import cpu, files, runtimes
+from contract import cpu, files
+from runtime import FILES, RuntimeUnavailable, Version
 from export import check, onnx_graph, source
-from train.transforms import normalisation
+from train.model import normalisation
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -72,9 +73,11 @@ def _source(args: argparse.Namespace) -> source.Source:
 
 
 def runtimes_to_time(args: argparse.Namespace, classifier, folder: Path, threads: int) -> dict:
-    """name -> callable, every runtime this machine can run, the baseline (onnxruntime-f32) first."""
+    """name -> callable, every runtime this machine can run, the baseline (onnxruntime-f32) first.
+    The files are fresh (no export.json, no gates): every precision is timed, none is served."""
     torch.set_num_threads(threads)
-    found = {"onnxruntime-f32": runtimes.onnxruntime(folder / runtimes.FILES["f32"], threads)}
+    scratch = Version(folder)
+    found = {"onnxruntime-f32": scratch.open("onnxruntime", "f32", threads=threads, gated=False)}
     if not args.no_eager:
         found["pytorch-eager-f32"] = check.torch_runner(classifier)
     precisions = ["f32"] + (["bf16"] if cpu.has_native_bf16() else [])
@@ -82,13 +85,13 @@ def runtimes_to_time(args: argparse.Namespace, classifier, folder: Path, threads
         from export import quantize
 
         calibration, _ = quantize.calibration_images(args.calibration, args.calibration_images, 1)
-        quantize.quantize(folder / runtimes.FILES["f32"], folder / runtimes.FILES["int8"], calibration)
-        found["onnxruntime-int8"] = runtimes.onnxruntime(folder / runtimes.FILES["int8"], threads)
+        quantize.quantize(scratch.file("f32"), scratch.file("int8"), calibration)
+        found["onnxruntime-int8"] = scratch.open("onnxruntime", "int8", threads=threads, gated=False)
         precisions.append("int8")
     for precision in precisions:
         try:
-            found[f"openvino-{precision}"] = runtimes.openvino(folder, precision, threads)
-        except runtimes.RuntimeUnavailable as exc:
+            found[f"openvino-{precision}"] = scratch.open("openvino", precision, threads=threads, gated=False)
+        except RuntimeUnavailable as exc:
             print(f"(openvino {precision} left out: {exc})", file=sys.stderr)
     return found
 
@@ -100,7 +103,7 @@ def main(args: argparse.Namespace) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        onnx_graph.write(classifier, folder / runtimes.FILES["f32"], len(src.classes), {})
+        onnx_graph.write(classifier, folder / FILES["f32"], len(src.classes), {})
         timed = runtimes_to_time(args, classifier, folder, threads)
         for n in [int(b) for b in args.batch_sizes.split(",")]:
             batch = np.random.default_rng(n).integers(0, 256, (n, 3, imaging.SIZE, imaging.SIZE), dtype=np.uint8)

@@ -1,15 +1,18 @@
 """Export checks itself: the written file against the reference it came from, on the same inputs.
 
-- Same precision (parity): ONNX Runtime against the PyTorch ``CropAverage``, OpenVINO f32 and
-  the TorchScript file against ONNX Runtime: random images and real photographs at
+- Same precision (parity): ONNX Runtime and the TorchScript file against the PyTorch
+  ``CropAverage``, OpenVINO f32 against ONNX Runtime: random images and real photographs at
   N = 1, 3 and 8; max |dPROBS| within the tolerance and the same top-5 (up to exact ties).
-- Reduced precision (gates): bf16, int8 and TensorRT FP16 against fp32 on held-back images:
-  top-1 agreement >= ``MIN_AGREEMENT`` or the export is refused (``--accept-disagreement``
-  writes it anyway and export.json records it).
+- Reduced precision (gates): OpenVINO bf16 and int8 against fp32 on held-back images: top-1
+  agreement >= ``MIN_AGREEMENT`` or the export is refused (``--accept-disagreement`` writes
+  it anyway and export.json records it).  A TensorRT engine is compared with ONNX Runtime on
+  the same input cases (``export.tensorrt_engine``'s tolerance and top-1 floor).  ``cpu_precision_gates`` runs them for the
+  CPU configs' runtime and times what passed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,7 +20,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 import imaging
-from contract import runtimes
+from contract import cpu
+from runtime import RuntimeUnavailable, Version
+from runtime import precision as precision_policy
 
 BATCH_SIZES = (1, 3, 8)
 ONNX_TOLERANCE = 1e-5
@@ -131,8 +136,9 @@ def parity(
     return report
 
 
-def check_onnx(classifier, path: Path, photos: Sequence[Path]) -> Report:
-    return parity("ONNX Runtime and PyTorch", torch_runner(classifier), runtimes.onnxruntime(path), photos, ONNX_TOLERANCE)
+def check_onnx(classifier, staged: Version, photos: Sequence[Path]) -> Report:
+    """model.onnx in ONNX Runtime against the PyTorch classifier it was exported from."""
+    return parity("ONNX Runtime and PyTorch", torch_runner(classifier), staged.open("onnxruntime", "f32", gated=False), photos, ONNX_TOLERANCE)
 
 
 def agreement(expected: np.ndarray, candidate: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch: int = IMAGES_PER_RUN) -> dict:
@@ -161,3 +167,44 @@ def gate(precision: str, held_back: dict | None, photos: dict, accept: bool) -> 
     if failed and not accept:
         raise CheckFailed(f"{precision} " + "; ".join(failed) + " (--accept-disagreement writes it anyway, noted in export.json)")
     return {"held_back": held_back, "photos": photos, "passed": not failed, "accepted_below_threshold": bool(failed)}
+
+
+def cpu_precision_gates(staged: Version, held_back: np.ndarray | None, views: np.ndarray, photos: Sequence[Path], accept: bool,
+                        source_of_images: str) -> dict:  # fmt: skip
+    """export.json's ``cpu_precisions``: OpenVINO, the CPU configs' runtime, on the staged files:
+    f32 by parity with ONNX Runtime, bf16 (where this CPU has it) and int8 (where quantized) by
+    agreement with fp32 (``gate``), then every precision that passed timed on this CPU.
+
+    ``alexnet-serve --config cpu`` serves only the precisions that passed (or were accepted
+    with --accept-disagreement), the fastest measured first (``runtime.precision``)."""
+    reference = staged.open("onnxruntime", "f32", max_images_per_run=IMAGES_PER_RUN, gated=False)
+    record: dict = {"gate_images": source_of_images, "cpu": cpu.describe()}
+    try:
+        f32 = staged.open("openvino", "f32", gated=False)
+    except RuntimeUnavailable as exc:
+        return {**record, "skipped": str(exc)}
+    report = parity("OpenVINO f32 and ONNX Runtime", reference, f32, photos, OPENVINO_F32_TOLERANCE)
+    print(f"OpenVINO f32 vs ONNX Runtime: {report.line()}")
+    record["f32"] = {"check": report.__dict__, "passed": True}
+    expected = {"held_back": None if held_back is None else reference(held_back), "photos": reference(views)}
+    for precision in ("bf16", "int8"):
+        if precision == "int8" and not staged.has("int8"):
+            continue
+        if precision == "bf16" and not cpu.has_native_bf16():
+            record[precision] = {"skipped": "this CPU has neither AMX nor AVX512-BF16: bf16 not checked, not served from this export"}
+            continue
+        candidate = staged.open("openvino", precision, gated=False)
+        on_data = None if held_back is None else agreement(expected["held_back"], candidate, held_back)
+        on_photos = agreement(expected["photos"], candidate, views)
+        for name, report in (("held-back images", on_data), ("photo views", on_photos)):
+            if report is not None:
+                print(f"OpenVINO {precision} vs fp32: top-1 agreement {report['top1_agreement']:.2%} on {report['images']} {name}, "
+                      f"max |dPROBS| {report['max_abs_diff']:.4f}")  # fmt: skip
+        record[precision] = gate(f"OpenVINO {precision}", on_data, on_photos, accept)
+    # The cpu config serves the fastest of these on the CPU it runs on: time them here, where
+    # they were just built; a server on another kind of CPU times them again at start.
+    passed = sorted(dataclasses.replace(staged.record, cpu_precisions=record).allowed_precisions())
+    rates = staged.time_cpu_precisions(passed)
+    record["timings"] = {"cpu": record["cpu"], "max_images_per_run": precision_policy.TIMING_IMAGES_PER_RUN, "images_per_s": rates}
+    print("OpenVINO on this CPU, images/s (10-crop, in-process): " + ", ".join(f"{p} {r:.2f}" for p, r in sorted(rates.items(), key=lambda x: -x[1])))
+    return record

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 import imaging
-from contract import cpu, files, gpu, layout, runtimes
-from export import check, quantize, repository, tensorrt_engine
+from contract import layout
+from runtime import ExportRecord, Version
+from export import check, plan, quantize, repository, tensorrt_engine
 from export.check import CheckFailed
 from export.repository import RepositoryError
 
@@ -100,45 +100,6 @@ def gate_images(args: argparse.Namespace, photos: list[Path]) -> tuple[np.ndarra
     return calibration, held_back, views, where
 
 
-def cpu_precision_gates(stage: Path, held_back: np.ndarray | None, views: np.ndarray, photos: list[Path], accept: bool, source_of_images: str) -> dict:
-    """OpenVINO, the CPU configs' runtime, on the staged files: f32 by parity with ONNX Runtime,
-    bf16 (where this CPU has it) and int8 (where quantized) by agreement with fp32.
-
-    The record lands in export.json; ``alexnet-serve --config cpu`` picks only among the
-    precisions that passed (or were accepted with --accept-disagreement)."""
-    reference = runtimes.onnxruntime(stage / runtimes.FILES["f32"], max_images_per_run=check.IMAGES_PER_RUN)
-    record: dict = {"gate_images": source_of_images, "cpu": cpu.describe()}
-    try:
-        f32 = runtimes.openvino(stage, "f32")
-    except runtimes.RuntimeUnavailable as exc:
-        return {**record, "skipped": str(exc)}
-    report = check.parity("OpenVINO f32 and ONNX Runtime", reference, f32, photos, check.OPENVINO_F32_TOLERANCE)
-    print(f"OpenVINO f32 vs ONNX Runtime: {report.line()}")
-    record["f32"] = {"check": report.__dict__, "passed": True}
-    expected = {"held_back": None if held_back is None else reference(held_back), "photos": reference(views)}
-    for precision in ("bf16", "int8"):
-        if precision == "int8" and not (stage / runtimes.FILES["int8"]).is_file():
-            continue
-        if precision == "bf16" and not cpu.has_native_bf16():
-            record[precision] = {"skipped": "this CPU has neither AMX nor AVX512-BF16: bf16 not checked, not served from this export"}
-            continue
-        candidate = runtimes.openvino(stage, precision)
-        on_data = None if held_back is None else check.agreement(expected["held_back"], candidate, held_back)
-        on_photos = check.agreement(expected["photos"], candidate, views)
-        for name, report in (("held-back images", on_data), ("photo views", on_photos)):
-            if report is not None:
-                print(f"OpenVINO {precision} vs fp32: top-1 agreement {report['top1_agreement']:.2%} on {report['images']} {name}, "
-                      f"max |dPROBS| {report['max_abs_diff']:.4f}")  # fmt: skip
-        record[precision] = check.gate(f"OpenVINO {precision}", on_data, on_photos, accept)
-    # The cpu config serves the fastest of these on the CPU it runs on: time them here, where
-    # they were just built; a server on another kind of CPU times them again at start.
-    passed = sorted(runtimes.gated_precisions({"cpu_precisions": record}))
-    rates = runtimes.time_cpu_precisions(stage, passed)
-    record["timings"] = {"cpu": record["cpu"], "max_images_per_run": runtimes.TIMING_IMAGES_PER_RUN, "images_per_s": rates}
-    print("OpenVINO on this CPU, images/s (10-crop, in-process): " + ", ".join(f"{p} {r:.2f}" for p, r in sorted(rates.items(), key=lambda x: -x[1])))
-    return record
-
-
 def main(args: argparse.Namespace) -> int:
     if args.max_batch < 1:
         raise RepositoryError(f"--max-batch must be >= 1, got {args.max_batch}")
@@ -146,7 +107,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"alexnet-export: {reason}; nothing written", file=sys.stderr)
         return EXIT_NO_TENSORRT
     if args.plan_only:
-        return plan_only(args)
+        return plan.refresh(Path(args.repository), args.version, args.max_batch, args.fp16, args.force, _photos(args.check_images))
     return export_checkpoint(args)
 
 
@@ -165,20 +126,21 @@ def export_checkpoint(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     with repository.staging(repo) as stage:
-        manifest = {"arch": src.arch, "crops": args.crops, "classes": len(src.classes), "source": src.origin,
-                    "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+        record = ExportRecord(arch=src.arch, crops=args.crops, classes=len(src.classes), source=src.origin,
+                              exported=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
+        staged = Version(stage, record)  # the record is written last, with the files it describes
         if "onnx" in formats:
-            manifest.update(write_onnx(args, classifier, stage, manifest, photos, calibration))
-            manifest["cpu_precisions"] = cpu_precision_gates(stage, held_back, views, photos, args.accept_disagreement, held_back_source)
-            accepted = [p for p in ("bf16", "int8") if manifest["cpu_precisions"].get(p, {}).get("accepted_below_threshold")]
+            record.onnx, record.int8 = write_onnx(args, classifier, staged, record, photos, calibration)
+            record.cpu_precisions = check.cpu_precision_gates(staged, held_back, views, photos, args.accept_disagreement, held_back_source)
+            accepted = [p for p in ("bf16", "int8") if record.cpu_precisions.get(p, {}).get("accepted_below_threshold")]
             if accepted:
-                manifest["note"] = f"{', '.join(accepted)} written with --accept-disagreement below the {check.MIN_AGREEMENT:.1%} gate"
+                record.note = f"{', '.join(accepted)} written with --accept-disagreement below the {check.MIN_AGREEMENT:.1%} gate"
         if "torchscript" in formats:
-            manifest["torchscript"] = write_torchscript(classifier, stage, photos)
+            record.torchscript = write_torchscript(classifier, staged, photos)
         if args.tensorrt:
-            manifest["tensorrt"] = _build_plan(args, stage / runtimes.FILES["f32"], stage / runtimes.FILES["plan"], repo, photos,
-                                               calibration if args.int8 else None)  # fmt: skip
-        repository.write_version_files(stage, manifest)
+            record.tensorrt = plan.build_checked(staged.file("f32"), staged.file("plan"), args.max_batch, args.fp16, repo, photos,
+                                                 calibration if args.int8 else None)  # fmt: skip
+        repository.write_version_files(staged)
         target = repository.commit(repo, stage, version, src.classes)
     print(f"wrote {target} ({', '.join(sorted(p.name for p in target.iterdir()))}) from {src.origin}, "
           f"{len(src.classes)} classes, {args.crops}-crop, in {time.perf_counter() - started:.1f} s")  # fmt: skip
@@ -195,82 +157,37 @@ def _formats(args: argparse.Namespace) -> set[str]:
     return formats
 
 
-def write_onnx(args: argparse.Namespace, classifier, stage: Path, metadata: dict, photos: list[Path], calibration) -> dict:
-    """model.onnx checked against PyTorch; with --int8, model.int8.onnx beside it."""
+def write_onnx(args: argparse.Namespace, classifier, staged: Version, record: ExportRecord, photos: list[Path], calibration) -> tuple[dict, dict | None]:
+    """(the record's onnx and int8 sections): model.onnx checked against PyTorch; with --int8,
+    model.int8.onnx beside it."""
     from export import onnx_graph
 
-    onnx_path = stage / runtimes.FILES["f32"]
-    onnx_graph.write(classifier, onnx_path, metadata["classes"], {k: metadata[k] for k in ("arch", "crops", "classes", "source")})
-    report = check.check_onnx(classifier, onnx_path, photos)
+    onnx_graph.write(classifier, staged.file("f32"), record.classes, {k: getattr(record, k) for k in ("arch", "crops", "classes", "source")})
+    report = check.check_onnx(classifier, staged, photos)
     print(f"ONNX Runtime vs PyTorch: {report.line()}")
-    record = {"onnx": {"opset": onnx_graph.OPSET, "check": report.__dict__}}
+    int8 = None
     if args.int8:
-        rewrites = quantize.quantize(onnx_path, stage / runtimes.FILES["int8"], calibration, args.calibration_method)
-        record["int8"] = {"calibration": args.calibration, "calibration_images": len(calibration),
-                          "method": args.calibration_method, "rewrites": rewrites}  # fmt: skip
-    return record
+        rewrites = quantize.quantize(staged.file("f32"), staged.file("int8"), calibration, args.calibration_method)
+        int8 = {"calibration": args.calibration, "calibration_images": len(calibration), "method": args.calibration_method, "rewrites": rewrites}
+    return {"opset": onnx_graph.OPSET, "check": report.__dict__}, int8
 
 
-def write_torchscript(classifier, stage: Path, photos: list[Path]) -> dict:
+def write_torchscript(classifier, staged: Version, photos: list[Path]) -> dict:
     """model.pt (the pytorch config's file) checked against PyTorch eager on the CPU."""
     from export import torchscript
 
-    torchscript.write(classifier, stage / runtimes.FILES["torchscript"])
-    traced = runtimes.pytorch(stage / runtimes.FILES["torchscript"], "cpu")
+    torchscript.write(classifier, staged.file("torchscript"))
+    traced = staged.open("pytorch", "f32", device="cpu")
     report = check.parity("TorchScript and PyTorch", check.torch_runner(classifier), traced, photos, check.ONNX_TOLERANCE)
     print(f"TorchScript vs PyTorch: {report.line()}")
     return {"check": report.__dict__}
-
-
-def _build_plan(args: argparse.Namespace, onnx_path: Path, plan: Path, repo: Path, photos: list[Path], calibration=None) -> dict:
-    """Build the engine, check it against ONNX Runtime; raise CheckFailed on a mismatch."""
-    built = tensorrt_engine.build(onnx_path, plan, args.max_batch, args.fp16, repo, calibration)
-    cases = [(n, b[: args.max_batch]) for n, b in check.input_cases(photos)]
-    report = check.compare(runtimes.onnxruntime(onnx_path), tensorrt_engine.runner(plan), cases)
-    limit = tensorrt_engine.tolerance(args.fp16, calibration is not None)
-    print(f"TensorRT vs ONNX Runtime: {report.line()}")
-    if report.top1_agreement < tensorrt_engine.MIN_TOP1_AGREEMENT or report.max_abs_diff > limit:
-        raise CheckFailed(f"TensorRT engine disagrees with ONNX Runtime: {report.line()} (allowed {limit:g}, >= 99% top-1)")
-    return {**built, "fp16": args.fp16, "int8": calibration is not None, "max_batch": args.max_batch, "check": report.__dict__}
-
-
-def plan_only(args: argparse.Namespace) -> int:
-    """The container's start: an engine for this GPU beside an ONNX file exported elsewhere.
-
-    Built when the version has no plan, or when its plan was built for another GPU or another
-    TensorRT (its export.json record does not match this host); kept otherwise."""
-    import tensorrt
-
-    repo = Path(args.repository)
-    existing = layout.versions(repo)
-    version = args.version if args.version is not None else (existing[-1] if existing else None)
-    folder = repo / layout.MODEL / str(version)
-    if version is None or not (folder / runtimes.FILES["f32"]).is_file():
-        raise RepositoryError(f"no model.onnx in {folder if version else repo / layout.MODEL}: run alexnet-export CHECKPOINT first")
-    manifest_path = folder / layout.MANIFEST
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    if (folder / runtimes.FILES["plan"]).is_file() and not args.force:
-        record = manifest.get("tensorrt") or {}
-        ok, why = gpu.plan_matches(record, gpu.visible_gpus(), tensorrt.__version__)
-        if ok and record.get("max_batch") == args.max_batch and record.get("fp16") == args.fp16:
-            print(f"{folder / runtimes.FILES['plan']} is up to date ({record['gpu']}, TensorRT {record['tensorrt_version']})")
-            return 0
-        print(f"rebuilding {folder / runtimes.FILES['plan']}: {why or 'built with other settings'}")
-    with repository.staging(repo) as stage:
-        manifest["tensorrt"] = _build_plan(args, folder / runtimes.FILES["f32"], stage / runtimes.FILES["plan"], repo, _photos(args.check_images))
-        files.atomic_write(folder / runtimes.FILES["plan"], (stage / runtimes.FILES["plan"]).read_bytes())
-        files.atomic_write(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    labels = (repo / layout.MODEL / layout.LABELS).read_text(encoding="utf-8").splitlines()
-    repository.sync_template(repo, len(labels))  # the TensorRT config's max_batch_size follows the new profile
-    print(f"wrote {folder / runtimes.FILES['plan']} ({manifest['tensorrt']['gpu']}, TensorRT {manifest['tensorrt']['tensorrt_version']})")
-    return 0
 
 
 def cli(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         return main(args)
-    except (RepositoryError, quantize.CalibrationError, ValueError) as exc:  # CheckpointError is a ValueError
+    except (RepositoryError, quantize.CalibrationError, ValueError) as exc:  # CheckpointError and RecordError are ValueErrors
         print(f"alexnet-export: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except CheckFailed as exc:

@@ -3,7 +3,7 @@
     python -m export.evaluate served/alexnet/1 --variants onnxruntime:f32,openvino:bf16,openvino:int8 \\
         --data fashion-mnist --limit 2000 --json accuracy.json
 
-Runs every variant (``runtime:precision``, the runtimes of ``contract.runtimes``) on the same
+Runs every variant (``runtime:precision``, opened by ``runtime.Version`` as the server opens it) on the same
 images (the shared 256 pipeline) and prints top-1/top-5 accuracy per variant and its top-1
 agreement with the first, the fp32 reference.
 """
@@ -18,20 +18,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from contract import cpu, files, runtimes
-from train import data
+from contract import cpu, files
+from runtime import RecordError, Runtime, RuntimeUnavailable, Version
+from imaging import datasets as data
 
 
-def open_variant(version: Path, spec: str) -> runtimes.Runtime:
+def open_variant(version: Path, spec: str) -> Runtime:
+    """``runtime:precision`` (precision f32 where left out) opened as the server opens it, gates included."""
     runtime, _, precision = spec.partition(":")
-    precision = precision or "f32"
-    if runtime == "onnxruntime":
-        return runtimes.onnxruntime(version / runtimes.FILES["int8" if precision == "int8" else "f32"])
-    if runtime == "openvino":
-        return runtimes.openvino(version, precision)
-    if runtime == "pytorch":
-        return runtimes.pytorch(version / runtimes.FILES["torchscript"], precision=precision)
-    raise ValueError(f"unknown runtime {runtime!r} in {spec!r} (onnxruntime, openvino, pytorch)")
+    return Version(version).open(runtime, precision or "f32")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         val = data.open_split(args.data, "val")
         variants = {spec: open_variant(args.version, spec) for spec in args.variants.split(",")}
-    except (data.DataError, runtimes.RuntimeUnavailable, FileNotFoundError, ValueError) as exc:
+    except (data.DataError, RuntimeUnavailable, RecordError, FileNotFoundError, ValueError) as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2
     indices = data.subset_indices(len(val), args.limit, 1) or list(range(len(val)))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.transforms import CropAverage
+from train.model import CropAverage
 
 
 class ChannelWindowLRN(nn.Module):

@@ -10,12 +10,13 @@ from pathlib import Path
 import onnx
 import torch
 
+import contract
 import imaging
 from export.lrn import ChannelWindowLRN, with_fast_lrn  # noqa: F401 - ChannelWindowLRN is part of what the graph holds
-from train.transforms import CropAverage
+from train.model import CropAverage
 
-INPUT, OUTPUT = "IMAGE", "PROBS"  # the contract between export, Triton's configs and the clients
-OPSET = 18  # the dynamo exporter's native opset; ONNX Runtime >= 1.14 and TensorRT >= 8.6 take it
+INPUT, OUTPUT = contract.IMAGE, contract.PROBS  # the contract between export, Triton's configs and the clients
+OPSET = 18  # the dynamo exporter's native opset; the ONNX Runtime, OpenVINO and TensorRT 10 the extras install take it
 MAX_DYNAMIC_BATCH = 4096
 
 

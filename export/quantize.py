@@ -10,11 +10,12 @@ against the float one on held-back images (``export.check.gate``), in the runtim
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+import contract
 import imaging
 
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
@@ -40,7 +41,7 @@ def calibration_images(spec: str, count: int, held_back: int, seed: int = 0) -> 
     if count < 1:
         raise CalibrationError(f"--calibration-images must be >= 1, got {count}")
     if spec == "fashion-mnist" or (Path(spec) / "train-images-idx3-ubyte.gz").is_file():
-        from train import data
+        from imaging import datasets as data
 
         try:
             train, test = data.open_split(spec, "train"), data.open_split(spec, "val")
@@ -73,7 +74,7 @@ class _Reader:
 
     def get_next(self):
         batch = next(self._batches, None)
-        return None if batch is None else {"IMAGE": np.ascontiguousarray(batch)}
+        return None if batch is None else {contract.IMAGE: np.ascontiguousarray(batch)}
 
 
 def quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, method: str = "minmax") -> dict[str, int]:

@@ -18,7 +18,6 @@ added.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -27,11 +26,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from contract import ENSEMBLE, MODEL, files, layout
+from contract import ENSEMBLE, MODEL, PROBS, files, layout
+from runtime import Version
 
 # Triton loads <version>/model.py; the code is the template's, copied, never generated.
 MODEL_CODE = Path(MODEL) / "model.py"
-_PROBS_DIMS = re.compile(r'(name:\s*"PROBS"[^}]*?dims:\s*\[\s*)(-?\d+)(\s*\])', re.S)
+_PROBS_DIMS = re.compile(rf'(name:\s*"{PROBS}"[^}}]*?dims:\s*\[\s*)(-?\d+)(\s*\])', re.S)
 _MAX_BATCH = re.compile(r"^(max_batch_size:\s*)(\d+)", re.M)
 TENSORRT_CONFIG = Path(MODEL) / "config.pbtxt"
 ENSEMBLE_CONFIG = Path(ENSEMBLE) / "config.pbtxt"
@@ -74,11 +74,10 @@ def render(rel: Path, text: str, num_classes: int, plan_max_batch: int | None) -
 
 def plan_max_batch(repository: Path) -> int | None:
     """The latest version's engine profile maximum, from its export.json (None: no engine)."""
-    latest = layout.latest_version(repository)
-    manifest = latest / layout.MANIFEST if latest else None
-    if manifest is None or not manifest.is_file() or not (latest / "model.plan").is_file():
+    latest = Version.latest(repository)
+    if latest is None or not latest.has("plan"):
         return None
-    record = json.loads(manifest.read_text(encoding="utf-8")).get("tensorrt") or {}
+    record = latest.record.tensorrt or {}
     return int(record["max_batch"]) if "max_batch" in record else None
 
 
@@ -132,11 +131,11 @@ def check_labels(repository: Path, classes: list[str], version: int, force: bool
             )
 
 
-def write_version_files(stage: Path, manifest: dict) -> None:
+def write_version_files(staged: Version) -> None:
     """The python model's code (a copy of the template's) and export.json into a staged version."""
-    shutil.copyfile(layout.TEMPLATE / MODEL_CODE, stage / "model.py")
-    files.make_readable(stage / "model.py")
-    (stage / layout.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    shutil.copyfile(layout.TEMPLATE / MODEL_CODE, staged.file("code"))
+    files.make_readable(staged.file("code"))
+    staged.record.write(staged.folder)
 
 
 def sync_template(repository: Path, num_classes: int) -> None:

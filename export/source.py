@@ -13,9 +13,7 @@ import torch
 
 from train import checkpoint
 from train.checkpoint import CheckpointError
-from train.model import alexnet
-from train.recipe import Recipe
-from train.transforms import CropAverage, normalisation
+from train.model import CropAverage, alexnet, normalisation
 
 
 @dataclass
@@ -23,7 +21,7 @@ class Source:
     arch: str
     classes: list[str]
     net: torch.nn.Module  # eval mode, weights loaded
-    offset: torch.Tensor
+    offset: torch.Tensor  # the served normalisation: (x - offset) * scale
     scale: torch.Tensor
     origin: str
 
@@ -32,12 +30,11 @@ class Source:
 
 
 def from_checkpoint(path: str | Path) -> Source:
+    """The checkpoint's network and the normalisation it stores: export reads nothing else of training."""
     state = checkpoint.load(path)
-    net = checkpoint.build_model(state)
-    input_scale = Recipe.from_dict(state["recipe"]).input_scale if state["arch"] == "paper" else 1.0
-    offset, scale = normalisation(state["arch"], state["mean_image"], input_scale)
+    offset, scale = checkpoint.served_normalisation(state)
     origin = f"{Path(path).name} ({state['arch']}, epoch {int(state['epoch']) + 1})"
-    return Source(state["arch"], list(state["classes"]), net, offset, scale, origin)
+    return Source(state["arch"], list(state["classes"]), checkpoint.build_model(state), offset, scale, origin)
 
 
 def imagenet_classes() -> list[str]:

@@ -3,11 +3,11 @@
 Why TorchScript: it loads without this project's code (the server imports neither train nor
 export), on any PyTorch from 1.x on, and Triton's own PyTorch backend in the NGC image
 (libtorch) loads the same file.  ``torch.export``/AOTInductor packages are tied to the exact
-PyTorch build and, for AOTInductor, to the GPU they were compiled on; the lent GPU machine
-runs a different PyTorch (2.11) than this one (2.14), so a portable file wins.
+PyTorch build and, for AOTInductor, to the GPU they were compiled on; a GPU host's PyTorch is
+seldom the export machine's, so a portable file wins.
 
 The graph is the one the ONNX file holds (cast, normalise, ten crops, network, softmax,
-mean), traced with the batch axis dynamic; fp32 weights.  The runtime (``contract.runtimes.
+mean), traced with the batch axis dynamic; fp32 weights.  The runtime (``runtime.engines.
 pytorch``) runs it under bf16 autocast on CUDA: the convolutions and matrix products in bf16,
 softmax and the average in float32.
 """
@@ -21,7 +21,7 @@ import torch
 
 import imaging
 from export.lrn import with_fast_lrn
-from train.transforms import CropAverage
+from train.model import CropAverage
 
 
 def write(classifier: CropAverage, path: Path) -> None:

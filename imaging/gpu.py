@@ -114,8 +114,6 @@ def load_batch(items: list[bytes], plans: list[Plan], device: str = "cuda") -> l
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from contract.runtimes import to_numpy
-
     tensors = [torch.frombuffer(bytearray(item), dtype=torch.uint8) for item in items]
     try:
         decoded: list = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
@@ -133,3 +131,23 @@ def load_batch(items: list[bytes], plans: list[Plan], device: str = "cuda") -> l
             continue
         out.append(to_numpy(_resize_centre(_upright(image, p.orientation)).contiguous().cpu()))
     return out
+
+
+def to_torch(array):
+    """numpy -> torch; through the buffer protocol where this torch was built for another NumPy
+    major (the python-backend stub runs NumPy 1.26 beside a torch built against NumPy 2)."""
+    import torch
+
+    try:
+        return torch.from_numpy(array)
+    except (RuntimeError, TypeError):
+        array = np.ascontiguousarray(array)
+        return torch.frombuffer(bytearray(array.tobytes()), dtype=getattr(torch, array.dtype.name)).reshape(array.shape)
+
+
+def to_numpy(tensor):
+    """torch (CPU) -> numpy, with the same fallback as ``to_torch``."""
+    try:
+        return tensor.numpy()
+    except (RuntimeError, TypeError):
+        return np.asarray(tensor.tolist(), dtype=str(tensor.dtype).removeprefix("torch."))

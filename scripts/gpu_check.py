@@ -296,8 +296,8 @@ def check(args, report: dict, t0: float) -> int:
     import torch
 
     import imaging
-    from contract import runtimes
     from imaging import gpu as gpu_decode
+    from runtime import Version
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     report["env"] = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__, "device": device,
@@ -346,7 +346,7 @@ def check(args, report: dict, t0: float) -> int:
     report["export"] = {"rc": exp.returncode, "stdout": exp.stdout[-800:], "stderr": exp.stderr[-800:]}
     if exp.returncode != 0:
         return finish(report, args, t0, "export failed")
-    model_pt = served / "alexnet" / "1" / "model.pt"
+    version = Version(served / "alexnet" / "1")
 
     # 3. test images: Fashion-MNIST PNGs (labelled), and JPEG photos at ImageNet-like sizes
     report["stage"] = "reference"
@@ -370,7 +370,7 @@ def check(args, report: dict, t0: float) -> int:
             buffer = io.BytesIO()
             view.save(buffer, "JPEG", quality=90)
             jpegs.append(buffer.getvalue())
-    cpu_ref = runtimes.pytorch(model_pt, "cpu", "f32", max_images_per_run=16)
+    cpu_ref = version.open("pytorch", "f32", device="cpu", max_images_per_run=16)
     ref_png = cpu_ref(np.stack([imaging.load(b) for b in pngs]))
     ref_jpeg = cpu_ref(np.stack([imaging.load(b) for b in jpegs]))
     report["reference"] = {"device": "cpu fp32 (TorchScript)", "top1_10crop": float((ref_png.argmax(1) == labels).mean()), "images": len(pngs)}
@@ -428,7 +428,7 @@ def check(args, report: dict, t0: float) -> int:
         served_checks(report, args, pngs, jpegs, labels, ref_png, ref_jpeg)
         served_on_device(report, args.out / "triton.log", report["env"]["gpu"] if device == "cuda" else None)
         report["stage"] = "benchmarks"
-        benchmarks(report, args, model_pt, device, jpegs)
+        benchmarks(report, args, version, device, jpegs)
     except Exception as exc:  # noqa: BLE001 - keep what was measured
         report["error"] = f"{report['stage']}: {type(exc).__name__}: {exc}"
     finally:
@@ -503,17 +503,16 @@ def served_checks(report: dict, args, pngs, jpegs, labels, ref_png, ref_jpeg) ->
     log(f"checks: { {k: v.get('ok') for k, v in report['checks'].items()} }")
 
 
-def benchmarks(report: dict, args, model_pt: Path, device: str, jpegs: list[bytes]) -> None:
+def benchmarks(report: dict, args, version, device: str, jpegs: list[bytes]) -> None:
     import numpy as np
     import torch
 
     import imaging
-    from contract import runtimes
     from imaging import gpu as gpu_decode
 
     bench: dict = {}
     batch = 8 if args.quick else 64
-    model = runtimes.pytorch(model_pt, device)
+    model = version.open("pytorch", device=device)
     x = np.random.default_rng(0).integers(0, 256, (batch, 3, 256, 256), dtype=np.uint8)
 
     def timed(fn, seconds: float) -> float:

@@ -1,1 +1,1 @@
-"""Serving stage: alexnet-serve (Triton launcher) and the python-backend models it needs."""
+"""Serving stage: alexnet-serve runs Triton on the served repository behind an nginx front and keeps both healthy."""

@@ -18,7 +18,6 @@ alexnet-serve exits 1 so that a supervisor (Kubernetes, systemd) takes over.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import secrets
@@ -31,35 +30,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from contract import MODEL, cpu, gpu, layout, runtimes, security
+from contract import gpu, layout, security
 from server import front, health, triton
+from server.config_choice import CONFIGS, check_repository, choose_config
 from server.process import Process, wait_ready
 from server.triton import ServeError
 
 ADMIN_KEY_FILE_ENV = "ALEXNET_ADMIN_KEY_FILE"
-
-
-@dataclass(frozen=True)
-class Config:
-    """One way to run alexnet: Triton's --model-config-name, the files it needs, the backend it needs."""
-
-    model_config_name: str | None  # None: the default config.pbtxt
-    artifacts: tuple[str, ...]
-    backend: str
-    export_flags: str = ""  # what alexnet-export needs to be told to write the artifacts
-
-
-PY = "model.py"
-CONFIGS = {
-    "cpu": Config("cpu", (runtimes.FILES["f32"], PY), "python"),
-    "cpu-f32": Config("cpu-f32", (runtimes.FILES["f32"], PY), "python"),
-    "cpu-bf16": Config("cpu-bf16", (runtimes.FILES["f32"], PY), "python"),
-    "cpu-int8": Config("cpu-int8", (runtimes.FILES["int8"], PY), "python", " --int8"),
-    "cpu-onnxruntime": Config("cpu-onnxruntime", (runtimes.FILES["f32"], PY), "python"),
-    "pytorch": Config("pytorch", (runtimes.FILES["torchscript"], PY), "python", " --formats onnx,torchscript"),
-    "onnxruntime": Config("onnxruntime", (runtimes.FILES["f32"],), "onnxruntime"),
-    "tensorrt": Config(None, (runtimes.FILES["plan"],), "tensorrt", " --tensorrt --fp16"),
-}
 
 
 def _ports(text: str) -> tuple[int, int, int]:
@@ -81,7 +58,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--repository", type=Path, default=layout.default_repository(),
                         help=f"the served repository alexnet-export built (${layout.REPOSITORY_ENV} sets the default)")  # fmt: skip
-    parser.add_argument("--config", choices=("auto", *CONFIGS), default="auto",
+    parser.add_argument("--config", choices=("auto", *sorted(CONFIGS)), default="auto",
                         help="alexnet's runtime: auto = tensorrt (a TensorRT backend and a plan built for this GPU), "
                              "else pytorch (a GPU and model.pt), else cpu (OpenVINO, the fastest precision for this CPU)")  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1",
@@ -109,64 +86,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--health-interval", type=float, default=10.0, help="seconds between health checks (a real request); 0 = off")
     parser.add_argument("--health-failures", type=int, default=3, help="failed checks in a row that make Triton restart")
     parser.add_argument("--max-restarts", type=int, default=3, help="restarts before alexnet-serve gives up and exits 1")
-    parser.add_argument("--drain-timeout", type=float, default=3.0,
+    parser.add_argument("--drain-timeout", type=float, default=float(triton.EXIT_TIMEOUT_S),
                         help="on stop, seconds the requests in flight get to finish (Triton's --exit-timeout-secs; a CPU batch takes < 2 s)")  # fmt: skip
     parser.add_argument("--log-file", type=Path, help="Triton's log, the front's beside it as NAME.front.log (default: temporary files, shown on failure)")
     parser.add_argument("-v", "--verbose", action="store_true", help="stream Triton's log to stderr")
     return parser
-
-
-# --- which config ----------------------------------------------------------------------------------
-
-
-def _plan_record(version: Path) -> dict:
-    manifest = version / layout.MANIFEST
-    return (json.loads(manifest.read_text(encoding="utf-8")).get("tensorrt") or {}) if manifest.is_file() else {}
-
-
-def choose_config(choice: str, repository: Path, backends: set[str], gpus: list[dict], tensorrt_version: str | None) -> tuple[str, str]:
-    """(config, why) -- by what the Triton found can run (its backends), this host's GPUs, and
-    what the latest version holds.  An explicit choice the Triton cannot run is refused."""
-    if choice != "auto":
-        needed = CONFIGS[choice].backend
-        if needed not in backends:
-            raise ServeError(f"--config {choice} needs Triton's {needed} backend; this Triton has only {', '.join(sorted(backends)) or 'none'} "
-                             f"(the nvidia-pytriton wheel ships only python: use --config cpu or pytorch, or the NGC container)")  # fmt: skip
-        if choice == "cpu-bf16" and not cpu.has_native_bf16():
-            raise ServeError("--config cpu-bf16 needs a CPU with AMX or AVX512-BF16; this one has neither (use --config cpu)")
-        return choice, "asked for"
-    version = layout.latest_version(repository)
-    if version is not None and "tensorrt" in backends and (version / runtimes.FILES["plan"]).is_file():
-        ok, why = gpu.plan_matches(_plan_record(version), gpus, tensorrt_version)
-        if ok:
-            return "tensorrt", f"a TensorRT backend and a plan built for {gpus[0]['name']}"
-        skipped = f"not tensorrt: {why}; "
-    else:
-        skipped = "not tensorrt: " + ("no TensorRT backend in this Triton; " if "tensorrt" not in backends else "no model.plan; ")
-    if gpus and version is not None and (version / runtimes.FILES["torchscript"]).is_file():
-        return "pytorch", skipped + f"a GPU ({gpus[0]['name']}) and model.pt"
-    reason = "no GPU visible" if not gpus else "no model.pt (alexnet-export --formats onnx,torchscript)"
-    return "cpu", skipped + f"not pytorch: {reason}"
-
-
-def check_repository(repository: Path, config: str) -> None:
-    """Refuse to start, naming the command that fixes it, when something the models need is missing."""
-    fix = f"run `alexnet-export CHECKPOINT --repository {repository}{CONFIGS[config].export_flags}`"
-    if repository.resolve() == layout.TEMPLATE.resolve():
-        raise ServeError(f"{repository} is the tracked template, not a served repository: {fix}")
-    if not repository.is_dir():
-        raise ServeError(f"model repository {repository} does not exist: {fix}")
-    for needed in ("preprocess/config.pbtxt", "preprocess/1/model.py", "classify/config.pbtxt", "classify/1"):
-        if not (repository / needed).exists():
-            raise ServeError(f"{repository / needed} is missing: the repository is incomplete ({fix} into a new folder)")
-    version = layout.latest_version(repository)
-    if version is None:
-        raise ServeError(f"no exported model in {repository / MODEL}: {fix}")
-    missing = [name for name in CONFIGS[config].artifacts if not (version / name).is_file()]
-    if not (repository / MODEL / layout.LABELS).is_file():
-        missing.append(f"../{layout.LABELS}")
-    if missing:
-        raise ServeError(f"{version} lacks {', '.join(missing)} for the {config} config: {fix}")
 
 
 # --- one Triton process ------------------------------------------------------------------------------

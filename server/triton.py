@@ -17,8 +17,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-EXIT_TIMEOUT_S = 3
+from contract import MODEL
+from contract.layout import PROJECT_ROOT
+
+EXIT_TIMEOUT_S = 3  # seconds Triton gives requests in flight on stop (alexnet-serve --drain-timeout)
 
 
 class ServeError(RuntimeError):
@@ -145,7 +147,7 @@ def command(
     return cmd
 
 
-def model_choices(log_text: str, model: str = "alexnet") -> list[str]:
+def model_choices(log_text: str, model: str = MODEL) -> list[str]:
     """What ``model``'s instances said they run, from Triton's log: the runtime, precision,
     device, threads and file, and why that precision ("alexnet_0_0: openvino int8 on CPU (2
     thread(s)), model.int8.xml; precision int8: fastest measured ...").  One line per instance."""

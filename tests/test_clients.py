@@ -156,7 +156,7 @@ def test_label_folder(triton_server, photo_path, expected_top, tmp_path, suffix)
     assert proc.returncode == 1, proc.stderr[-2000:]
     again = read_rows(out)
     assert sorted(r["path"] for r in again) == sorted(by_path), "one row per image after the retry"
-    assert f"0 labelled, 2 failed" in proc.stderr and f"{len(images)} already in" in proc.stderr
+    assert "0 labelled, 2 failed" in proc.stderr and f"{len(images)} already in" in proc.stderr
     # --keep-failed leaves them and says so, exit 1
     before = out.read_bytes()
     proc = run("clients.label", str(root), "--recursive", "--out", str(out), "--url", triton_server.grpc_url, "--resume", "--keep-failed")
@@ -213,7 +213,7 @@ def _nobody_cannot_run() -> str | None:
     if probe.returncode == 0:
         return None
     closed = next((str(p) for p in (ROOT, *ROOT.parents) if not os.stat(p).st_mode & 0o001), None)
-    return (f"as root these cases run alexnet-label as the user nobody, who cannot use this checkout"
+    return ("as root these cases run alexnet-label as the user nobody, who cannot use this checkout"
             + (f" ({closed} is closed to other users, e.g. a mktemp -d folder)" if closed else f": {probe.stderr.strip()[-200:]}")
             + "; run the tests from a folder others may enter, or as a non-root user")  # fmt: skip
 

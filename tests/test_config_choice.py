@@ -3,7 +3,6 @@ and what the latest version holds -- fake layouts, no GPU needed."""
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from pathlib import Path
@@ -11,8 +10,12 @@ from pathlib import Path
 import pytest
 
 from contract import gpu
-from server.cli import choose_config
+from runtime import ExportRecord
+from server.config_choice import choose_config
 from server.triton import ServeError
+from contract.layout import TEMPLATE
+
+ROOT_TEMPLATE = TEMPLATE / "alexnet"
 
 H200 = [{"name": "NVIDIA H200", "compute_capability": "9.0"}]
 RECORD = {"gpu": "NVIDIA H200", "compute_capability": "9.0", "tensorrt_version": "10.5.0"}
@@ -24,7 +27,7 @@ def version(tmp_path: Path, *files: str, record: dict | None = None) -> Path:
     for name in files:
         (folder / name).write_bytes(b"x")
     if record is not None:
-        (folder / "export.json").write_text(json.dumps({"tensorrt": record}))
+        ExportRecord(arch="paper", crops=10, classes=3, source="test", exported="2026-12-01T00:00:00+00:00", tensorrt=record).write(folder)
     return tmp_path / "repo"
 
 
@@ -69,3 +72,47 @@ def test_libnvinfer_version_from_the_library_name(tmp_path):
     (tmp_path / "libnvinfer.so.8.6.1").write_bytes(b"")
     assert gpu.libnvinfer_version((str(tmp_path),)) == "10.5.0"
     assert gpu.libnvinfer_version((str(tmp_path / "none"),)) is None
+
+
+# --- the config variants: one description each, kept in step ----------------------------------------
+
+
+def _parsed(name: str):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from contract import layout
+
+    return text_format.Parse((layout.TEMPLATE / "alexnet" / "configs" / f"{name}.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+
+@pytest.mark.parametrize("variant, differs", [
+    ("cpu-f32", {"precision"}), ("cpu-bf16", {"precision"}), ("cpu-int8", {"precision"}),
+    # the ONNX Runtime baseline: its own runtime, no OpenVINO streams, its own measured queue delay
+    ("cpu-onnxruntime", {"precision", "runtime", "streams", "max_queue_delay_microseconds"}),
+])  # fmt: skip
+def test_cpu_variants_are_the_cpu_config_but_for_what_they_fix(variant, differs):
+    """configs/cpu-*.pbtxt are near-copies of cpu.pbtxt that Triton needs as files: a change to one
+    (batching, queue policy, instances, inputs) must be made to all, or this fails."""
+    base, other = _parsed("cpu"), _parsed(variant)
+    for config in (base, other):
+        for key in differs & {"precision", "runtime", "streams"}:
+            if key in config.parameters:
+                del config.parameters[key]
+        if "max_queue_delay_microseconds" in differs:
+            config.dynamic_batching.max_queue_delay_microseconds = 0
+    assert base == other, f"{variant}.pbtxt differs from cpu.pbtxt beyond {sorted(differs)}"
+    fixed = _parsed(variant).parameters["precision"].string_value
+    assert fixed in ("f32", "bf16", "int8") and variant.endswith(fixed) or variant == "cpu-onnxruntime"
+
+
+def test_serve_configs_come_from_the_template():
+    """alexnet-serve's --config choices and what each needs are read from the pbtxt files: no second list."""
+    from runtime import served_configs
+    from server.config_choice import CONFIGS
+
+    on_disk = {p.stem for p in (ROOT_TEMPLATE / "configs").glob("*.pbtxt")} | {"tensorrt"}
+    assert set(CONFIGS) == on_disk == set(served_configs())
+    assert CONFIGS["cpu-int8"].needs() == ["int8", "code"] and CONFIGS["cpu-int8"].export_flags() == "--int8"
+    assert CONFIGS["pytorch"].needs() == ["torchscript", "code"] and CONFIGS["tensorrt"].model_config_name is None
+    assert CONFIGS["onnxruntime"].needs() == ["f32"] and CONFIGS["cpu"].max_images_per_run == 4

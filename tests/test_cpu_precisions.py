@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import imaging
-from contract import runtimes
+from runtime import RuntimeUnavailable, Version, engines, precision as policy
 from export import check, quantize
 from tests import serving
 from tests.helpers import run_export, small_checkpoint, snapshot, varied_checkpoint
@@ -66,7 +66,7 @@ def test_quantized_model_is_written_and_checked(int8_export):
             assert all(producers.get(i) != "DequantizeLinear" for i in node.input), f"{node.op_type} reads quantized data"
     assert (version / "model.int8.onnx").stat().st_size < (version / "model.onnx").stat().st_size / 3, "int8 weights"
     batch = check.photo_batch(imaging.sample_photographs(), 3)
-    probs = runtimes.openvino(version, "int8")(batch)
+    probs = Version(version).open("openvino", "int8")(batch)
     assert probs.shape == (3, 3) and np.allclose(probs.sum(1), 1, atol=1e-3)
 
 
@@ -74,7 +74,6 @@ def test_gates_run_a_bounded_number_of_images_at_a_time(int8_export, monkeypatch
     """Every run in the gates -- the fp32 reference included -- sees at most IMAGES_PER_RUN
     images: one run of all the held-back images held every crop's activations at once (16.7 GiB
     for the demo's 200).  The real runtimes run; the spy only records each run's size."""
-    from export import cli as export_cli
 
     _, repo, _ = int8_export
     sizes: list[tuple[str, int]] = []
@@ -88,11 +87,11 @@ def test_gates_run_a_bounded_number_of_images_at_a_time(int8_export, monkeypatch
 
         return make
 
-    monkeypatch.setattr(runtimes, "onnxruntime", spy(runtimes.onnxruntime))
-    monkeypatch.setattr(runtimes, "openvino", spy(runtimes.openvino))
+    monkeypatch.setattr(engines, "onnxruntime", spy(engines.onnxruntime))
+    monkeypatch.setattr(engines, "openvino", spy(engines.openvino))
     photos = imaging.sample_photographs()
     held_back = check.photo_batch(photos, 3 * check.IMAGES_PER_RUN + 1)
-    record = export_cli.cpu_precision_gates(repo / "alexnet" / "1", held_back, check.photo_batch(photos, 4), photos, True, "test")
+    record = check.cpu_precision_gates(Version(repo / "alexnet" / "1"), held_back, check.photo_batch(photos, 4), photos, True, "test")
     assert record["int8"]["held_back"]["images"] == len(held_back), record
     reference_runs = [n for name, n in sizes if name.startswith("onnxruntime f32")]
     assert sum(reference_runs) >= len(held_back) and max(reference_runs) <= check.IMAGES_PER_RUN, reference_runs
@@ -133,7 +132,7 @@ def test_broken_calibration_is_rejected(varied_ckpt, tmp_path):
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((repo / "alexnet" / "1" / "export.json").read_text())
     assert manifest["cpu_precisions"]["int8"]["accepted_below_threshold"] and "accept-disagreement" in manifest["note"]
-    assert "int8" in runtimes.gated_precisions(manifest), "an accepted precision may be served"
+    assert "int8" in Version(repo / "alexnet" / "1").record.allowed_precisions(), "an accepted precision may be served"
 
 
 def test_real_calibration_beats_black(varied_ckpt, tmp_path, calibration_folder):
@@ -145,9 +144,9 @@ def test_real_calibration_beats_black(varied_ckpt, tmp_path, calibration_folder)
     calibration, held_back = quantize.calibration_images(str(calibration_folder), 16, 10)
     quantize.quantize(fp32, tmp_path / "good.int8.onnx", calibration)
     quantize.quantize(fp32, tmp_path / "black.int8.onnx", np.zeros((8, 3, 256, 256), dtype=np.uint8))
-    expected = runtimes.onnxruntime(fp32)(held_back)
-    good = check.agreement(expected, runtimes.openvino(tmp_path / "good.int8.onnx", "int8"), held_back)
-    black = check.agreement(expected, runtimes.openvino(tmp_path / "black.int8.onnx", "int8"), held_back)
+    expected = engines.onnxruntime(fp32)(held_back)
+    good = check.agreement(expected, engines.openvino(tmp_path / "good.int8.onnx", "int8"), held_back)
+    black = check.agreement(expected, engines.openvino(tmp_path / "black.int8.onnx", "int8"), held_back)
     assert good["top1_agreement"] > black["top1_agreement"] and good["max_abs_diff"] < black["max_abs_diff"], (good, black)
     with pytest.raises(check.CheckFailed, match="agrees with fp32"):
         check.gate("int8", black, black, accept=False)
@@ -193,16 +192,25 @@ ALL = {"f32", "bf16", "int8"}
         (AMX, {"f32"}, "f32"),  # nothing gated: f32 whatever the CPU
     ],
 )
-def test_precision_from_cpu_flags(flags, allowed, expected):
-    precision, why = runtimes.choose_cpu_precision(flags, allowed)
-    assert precision == expected, why
-    assert why.startswith(expected)
+def test_the_cpu_flags_order_the_candidates(flags, allowed, expected):
+    """The flags only say which candidate goes first (it wins a tie within 3%)."""
+    order = policy.flag_order(flags, allowed)
+    assert order[0] == expected and sorted(order) == sorted(allowed), order
+
+
+def _write_record(folder: Path, **sections) -> Version:
+    from runtime import ExportRecord
+
+    ExportRecord(arch="paper", crops=10, classes=3, source="test", exported="2026-12-01T00:00:00+00:00", **sections).write(folder)
+    return Version(folder)
 
 
 def test_a_precision_the_gate_did_not_pass_is_refused(tmp_path):
-    (tmp_path / "export.json").write_text(json.dumps({"cpu_precisions": {"bf16": {"skipped": "this CPU has neither AMX nor AVX512-BF16"}}}))
-    with pytest.raises(runtimes.RuntimeUnavailable, match="bf16 is not served .* neither AMX"):
-        runtimes.cpu_precision_for(tmp_path, "bf16")
+    version = _write_record(tmp_path, cpu_precisions={"bf16": {"skipped": "this CPU has neither AMX nor AVX512-BF16"}})
+    with pytest.raises(RuntimeUnavailable, match="bf16 is not served .* neither AMX"):
+        version.cpu_precision("bf16")
+    with pytest.raises(RuntimeUnavailable, match="int8 is not served .* export did not check it"):
+        version.open("onnxruntime", "int8")
 
 
 def _cpu(name: str, flags: set[str], cores: int = 2) -> dict:
@@ -235,14 +243,14 @@ def test_record_from_this_cpu_decides_without_timing_again():
     """AVX2-only Zen 2: no VNNI, yet int8 measured 1.37x f32 there (issue "Right on every CPU"),
     so int8 it is, where the flag rule said f32."""
     timer = Timer({})
-    precision, why = runtimes.choose_measured_precision(ALL - {"bf16"}, _record(ZEN2, {"f32": 7.53, "int8": 10.32}), ZEN2, timer)
+    precision, why = policy.choose(ALL - {"bf16"}, _record(ZEN2, {"f32": 7.53, "int8": 10.32}), ZEN2, timer)
     assert (precision, timer.asked) == ("int8", [])
     assert why == "int8: fastest measured at export on this CPU, images/s: int8 10.32, f32 7.53"
 
 
 def test_another_cpu_times_again_at_start():
     timer = Timer({"f32": 20.0, "bf16": 31.0, "int8": 30.5})
-    precision, why = runtimes.choose_measured_precision(ALL, _record(ZEN2, {"f32": 7.53, "int8": 10.32}), SAPPHIRE, timer)
+    precision, why = policy.choose(ALL, _record(ZEN2, {"f32": 7.53, "int8": 10.32}), SAPPHIRE, timer)
     # bf16 is fastest by 1.6%: within 3% the CPU's flags order the candidates (int8 on AMX-INT8).
     assert precision == "int8" and timer.asked == [["bf16", "f32", "int8"]]
     assert "measured at start (export's timings are from another CPU)" in why
@@ -250,20 +258,20 @@ def test_another_cpu_times_again_at_start():
 
 def test_flags_never_decide_alone():
     """On an AMX CPU where int8 measured clearly slower, the measurement wins over the flags."""
-    precision, _ = runtimes.choose_measured_precision(ALL, None, SAPPHIRE, Timer({"f32": 20.0, "bf16": 40.0, "int8": 30.0}))
+    precision, _ = policy.choose(ALL, None, SAPPHIRE, Timer({"f32": 20.0, "bf16": 40.0, "int8": 30.0}))
     assert precision == "bf16"
 
 
 def test_missing_timings_are_measured():
     timer = Timer({"f32": 7.5, "int8": 10.3})
-    precision, why = runtimes.choose_measured_precision({"f32", "int8"}, {"cpu": ZEN2}, ZEN2, timer)
+    precision, why = policy.choose({"f32", "int8"}, {"cpu": ZEN2}, ZEN2, timer)
     assert (precision, timer.asked) == ("int8", [["f32", "int8"]]) and "export recorded no timings" in why
 
 
 def test_only_f32_gated_needs_no_timing(tmp_path):
-    (tmp_path / "export.json").write_text(json.dumps({"cpu_precisions": {"int8": {"passed": False}}}))
+    version = _write_record(tmp_path, cpu_precisions={"int8": {"passed": False}})
     timer = Timer({})
-    assert runtimes.cpu_precision_for(tmp_path, "auto", SAPPHIRE, timer) == ("f32", "f32: the only precision export's gates passed")
+    assert version.cpu_precision("auto", SAPPHIRE, timer) == ("f32", "f32: the only precision export's gates passed")
     assert timer.asked == []
 
 
@@ -295,10 +303,10 @@ def test_each_cpu_config_served_equals_its_in_process_run(int8_export, tmp_path,
     version = repo / "alexnet" / "1"
     runtime, precision = CPU_CONFIGS[config]
     if runtime == "openvino":
-        precision, _ = runtimes.cpu_precision_for(version, precision)
-        local = runtimes.openvino(version, precision, max_images_per_run=4)
+        precision, _ = Version(version).cpu_precision(precision)
+        local = Version(version).open("openvino", precision, max_images_per_run=4)
     else:
-        local = runtimes.onnxruntime(version / "model.onnx", max_images_per_run=4)
+        local = Version(version).open("onnxruntime", "f32", max_images_per_run=4)
     batch = check.photo_batch(imaging.sample_photographs(), 6)
     server = serving.start(repo, tmp_path / "triton.log", config=config)
     try:
@@ -316,6 +324,6 @@ def test_each_cpu_config_served_equals_its_in_process_run(int8_export, tmp_path,
     if config == "cpu":
         assert re.search(rf"precision {precision}: fastest measured at export on this CPU, images/s: {precision} ", said), said[-2000:]
     np.testing.assert_allclose(served, local(batch), atol=SAME_RUNTIME, err_msg=f"{config}: served != in-process")
-    reference = runtimes.onnxruntime(version / "model.onnx")(batch)
+    reference = Version(version).open("onnxruntime", "f32")(batch)
     assert np.abs(served - reference).max() <= AGAINST_FP32[precision], (config, np.abs(served - reference).max())
     assert (served.argmax(1) == reference.argmax(1)).mean() >= 5 / 6, config

@@ -13,12 +13,13 @@ import pytest
 import torch
 
 import imaging
-from contract import layout, runtimes
+from contract import layout
+from runtime import engines
 from export import check, cli as export_cli, tensorrt_engine
-from tests.conftest import ROOT, make_image_folder
+from tests.conftest import make_image_folder
 from tests.helpers import run_export, run_module, small_checkpoint, snapshot
 from train import checkpoint, data, engine
-from train.transforms import CropAverage, normalisation
+from train.model import CropAverage, normalisation
 
 # Tests gate on the sample photographs alone, whether or not Fashion-MNIST is installed here.
 NO_DATA = ("--calibration", "/nonexistent", "--gate-images", "0")
@@ -43,7 +44,7 @@ def exported(ckpt_path, tmp_path_factory) -> tuple[Path, subprocess.CompletedPro
 
 
 def ort(path: Path):
-    return runtimes.onnxruntime(path)
+    return engines.onnxruntime(path)
 
 
 def test_export_writes_the_contract(exported):

@@ -305,7 +305,7 @@ def namespaces():
 def test_exposed_server_in_a_network_namespace(served_repository, namespaces, module_tmp, token_file, photo_path):
     srv, cli = namespaces
     tls = attacks.make_tls(module_tmp / "tls", ips=("198.18.0.1", "127.0.0.1"))
-    http_port, grpc_port, metrics_port = 8000, 8001, 8002  # a namespace of its own: the defaults are free
+    http_port, grpc_port = 8000, 8001  # a namespace of its own: the defaults are free
     out = module_tmp / "exposed.out"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ALEXNET_TOKEN_FILE": str(token_file)}
     server = subprocess.Popen(

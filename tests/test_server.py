@@ -273,10 +273,10 @@ def test_pytorch_config_equals_the_onnx_classifier(served_repository, tmp_path, 
     top-5; a bad image in the same batch gets its own error while the others succeed."""
     import tritonclient.grpc as grpcclient
 
-    from contract import runtimes
+    from runtime import engines
 
     version = served_repository / "alexnet" / "1"
-    onnx = runtimes.onnxruntime(version / "model.onnx")
+    onnx = engines.onnxruntime(version / "model.onnx")
     server = serving.start(served_repository, tmp_path / "triton.log", config="pytorch")
     try:
         client = grpcclient.InferenceServerClient(server.grpc_url)

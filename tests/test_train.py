@@ -17,7 +17,8 @@ from tests.conftest import ROOT, make_fashion_like, make_image_folder
 from train import checkpoint, data
 from train.model import alexnet
 from train.recipe import Recipe, RecipeError, resolve
-from train.transforms import CropAverage, normalisation, random_crops
+from train.model import CropAverage, normalisation
+from train.transforms import random_crops
 
 FAST = ["--workers", "0", "--batch-size", "16", "--stats-images", "32"]
 

@@ -27,7 +27,8 @@ import torch
 import imaging
 from train import accel, data, distributed
 from train.model import alexnet
-from train.transforms import normalisation, random_crops
+from train.model import normalisation
+from train.transforms import random_crops
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -2,7 +2,9 @@
 
 Keys: arch, num_classes, classes, state_dict, mean_image (paper arch), pca
 (eigenvalues, eigenvectors), epoch, optimizer, scheduler, recipe, metrics, geometry (the
-input's resize and crop sizes), plus rng.  Written to a temporary file in the same folder
+input's resize and crop sizes), normalisation (the served ``offset`` [3,256,256] and
+``scale`` [3,1,1], ``train.model.normalisation``), plus rng.  ``classifier`` rebuilds the
+served procedure from the file alone: what export reads.  Written to a temporary file in the same folder
 and renamed, so a crash never leaves a half-written checkpoint where a good one was.
 """
 
@@ -18,16 +20,19 @@ from contract import files
 
 REQUIRED = ("arch", "num_classes", "classes", "state_dict", "mean_image", "pca", "epoch", "recipe", "metrics")
 # The input geometry every checkpoint was trained on: shorter side / centre crop, network crop.
-# Checkpoints from before this key existed were all trained on 256/224.
+# A checkpoint without the key was trained on 256/224: the pipeline has made no other.
 GEOMETRY = {"size": imaging.SIZE, "crop": imaging.CROP}
 
 
 def build(
     *, arch: str, classes: list[str], state_dict: dict[str, torch.Tensor], mean_image: Any, eigenvalues: Any, eigenvectors: Any,
     recipe: dict[str, Any], epoch: int = 0, optimizer: dict | None = None, scheduler: dict | None = None,
-    metrics: list[dict] | None = None, rng: torch.Tensor | None = None,
+    metrics: list[dict] | None = None, rng: torch.Tensor | None = None, normalisation: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint dict of the contract, from its parts (tensors moved to the CPU)."""
+    """The checkpoint dict of the contract, from its parts (tensors moved to the CPU).
+    ``normalisation`` (offset, scale) defaults to ``train.model.normalisation`` of the arch,
+    the mean image and the recipe's ``input_scale``."""
+    offset, scale = normalisation if normalisation is not None else _derived_normalisation(arch, mean_image, recipe)
     payload = {
         "arch": arch, "num_classes": len(classes), "classes": list(classes),
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
@@ -35,6 +40,7 @@ def build(
         "pca": {"eigenvalues": torch.as_tensor(eigenvalues), "eigenvectors": torch.as_tensor(eigenvectors)},
         "epoch": epoch, "optimizer": optimizer or {}, "scheduler": scheduler or {}, "recipe": recipe,
         "metrics": list(metrics or []), "geometry": dict(GEOMETRY),
+        "normalisation": {"offset": offset.detach().float().cpu(), "scale": scale.detach().float().cpu()},
     }  # fmt: skip
     if rng is not None:
         payload["rng"] = rng
@@ -74,6 +80,10 @@ def load(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: {len(payload['classes'])} class names for num_classes={payload['num_classes']}")
     if payload["arch"] == "paper" and payload["mean_image"] is None:
         raise CheckpointError(f"{path}: the paper arch needs mean_image")
+    stored = payload.get("normalisation")
+    if stored is not None and (not isinstance(stored, dict) or tuple(getattr(stored.get("offset"), "shape", ())) != (3, GEOMETRY["size"], GEOMETRY["size"])
+                               or tuple(getattr(stored.get("scale"), "shape", ())) != (3, 1, 1)):  # fmt: skip
+        raise CheckpointError(f"{path}: normalisation must hold offset [3,{GEOMETRY['size']},{GEOMETRY['size']}] and scale [3,1,1]")
     geometry = payload.get("geometry", GEOMETRY)
     if geometry != GEOMETRY:
         raise CheckpointError(
@@ -94,3 +104,28 @@ def build_model(payload: dict[str, Any]) -> torch.nn.Module:
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"state_dict does not fit the {payload['arch']} arch: {first}") from None
     return model.eval()
+
+
+def served_normalisation(payload: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(offset [3,256,256], scale [3,1,1]) float32 the network was trained behind.  A checkpoint
+    written before the key existed holds what it was computed from (arch, mean image, the
+    recipe's input_scale), and gets the same values."""
+    stored = payload.get("normalisation")
+    if stored is not None:
+        return stored["offset"], stored["scale"]
+    return _derived_normalisation(payload["arch"], payload["mean_image"], payload.get("recipe") or {})
+
+
+def _derived_normalisation(arch: str, mean_image: Any, recipe: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    from train.model import normalisation
+
+    return normalisation(arch, mean_image, float(recipe.get("input_scale", 1.0)) if arch == "paper" else 1.0)
+
+
+def classifier(payload: dict[str, Any], crops: int = 10) -> torch.nn.Module:
+    """The served procedure of a loaded checkpoint (``train.model.CropAverage``: uint8 IMAGE
+    [N,3,256,256] -> PROBS [N,C]), eval mode."""
+    from train.model import CropAverage
+
+    offset, scale = served_normalisation(payload)
+    return CropAverage(build_model(payload), offset, scale, crops).eval()

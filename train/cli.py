@@ -25,9 +25,9 @@ from train import accel, checkpoint, data, distributed, engine, report
 from train.budget import PROBE_STEPS, WARMUP_STEPS, TimeBudget
 from train.checkpoint import CheckpointError
 from train.data import DataError
-from train.model import alexnet, count_parameters
+from train.model import CropAverage, alexnet, count_parameters, normalisation
 from train.recipe import PRESETS, Recipe, RecipeError, resolve
-from train.transforms import CropAverage, normalisation, random_crops
+from train.transforms import random_crops
 
 log = logging.getLogger("alexnet-train")
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -125,6 +125,11 @@ class Run:
     eigenvectors: Any = None
     state: dict | None = None  # the checkpoint resumed from
 
+    @property
+    def normalisation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(offset, scale) the network trains behind and the checkpoint stores for serving."""
+        return normalisation(self.recipe.arch, self.mean_image, self.recipe.input_scale)
+
 
 def resolve_run(args: argparse.Namespace) -> Run:
     """Phase 1: the recipe (defaults < preset < flags; on resume, the checkpoint's), the data and its subsets."""
@@ -197,6 +202,7 @@ def save_epoch(run: Run, args: argparse.Namespace, model, optimizer, scheduler, 
         arch=run.recipe.arch, classes=run.classes, state_dict=model.state_dict(), mean_image=run.mean_image,
         eigenvalues=run.eigenvalues, eigenvectors=run.eigenvectors, recipe=run.recipe.to_dict(), epoch=epoch,
         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), metrics=history, rng=torch.get_rng_state(),
+        normalisation=run.normalisation,
     )  # fmt: skip
     checkpoint.save(args.out / CHECKPOINT_NAME, payload)
     report.append_jsonl(args.out / "metrics.jsonl", history[-1])
@@ -235,7 +241,7 @@ def train(args: argparse.Namespace, ctx: distributed.Context) -> dict[str, Any]:
     net = accel.compiled(model, recipe.compile)
     if ctx.enabled:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
-    offset, scale = (t.to(ctx.device) for t in normalisation(recipe.arch, run.mean_image, recipe.input_scale))
+    offset, scale = (t.to(ctx.device) for t in run.normalisation)
     classifier = CropAverage(model, offset, scale, crops=recipe.eval_crops).to(ctx.device)
     autocast = accel.autocast(ctx.device, recipe.amp)
     if ctx.is_main:
@@ -306,7 +312,6 @@ def train(args: argparse.Namespace, ctx: distributed.Context) -> dict[str, Any]:
 
 def evaluate_checkpoint(args: argparse.Namespace, ctx: distributed.Context) -> dict[str, Any]:
     state = checkpoint.load(args.evaluate)
-    model = checkpoint.build_model(state).to(ctx.device)
     val_set = data.open_split(args.data, "val")
     if list(val_set.classes) != list(state["classes"]):
         raise DataError(f"{args.evaluate} was trained on {state['num_classes']} classes; {args.data} has {len(val_set.classes)}")
@@ -315,8 +320,7 @@ def evaluate_checkpoint(args: argparse.Namespace, ctx: distributed.Context) -> d
     limit = explicit.get("val_limit", 0)
     batch = explicit.get("batch_size", 64)
     val_idx = data.subset_indices(len(val_set), limit, recipe.seed + 1) or list(range(len(val_set)))
-    offset, scale = normalisation(state["arch"], state["mean_image"], recipe.input_scale)
-    classifier = CropAverage(model, offset, scale, crops=args.crops).to(ctx.device)
+    classifier = checkpoint.classifier(state, args.crops).to(ctx.device)
     loader = data.make_loader(val_set, batch, _shard(val_idx, ctx), explicit.get("workers", recipe.workers), ctx.device.type == "cuda")
     return engine.evaluate(classifier, loader, ctx, accel.autocast(ctx.device, recipe.amp), desc="evaluate")
 

@@ -1,18 +1,12 @@
-"""Data sets that yield the shared 256x256 uint8 image, the training-set statistics, and loaders.
+"""Training's loaders and the training-set statistics, over the shared data sets (``imaging.datasets``).
 
-A sample is ``(image, label, problem)``: ``image`` is uint8 [3,256,256] from the shared
-``imaging`` module, or None when the file could not be read, in which case ``problem``
-names the file and why.  Bad files are dropped by ``collate`` and reported by the loop
+Bad files (a sample whose image is None) are dropped by ``collate`` and reported by the loop
 at the end of the epoch, which goes on.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import logging
-import os
-import struct
 from pathlib import Path
 from typing import Sequence
 
@@ -22,123 +16,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 import imaging
 from contract import files
+from imaging.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, DataError, FashionMNIST, ImageFolder, open_split, subset_indices
 
-log = logging.getLogger(__name__)
-
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
-_FASHION_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
-
-
-class DataError(ValueError):
-    """The data set cannot be used; the message names the folder or file and the fix."""
-
-
-class ImageFolder(Dataset):
-    """``ROOT/<split>/<class>/<image>``: ImageNet and anything shaped like it."""
-
-    def __init__(self, root: str | Path, split: str) -> None:
-        self.root = Path(root) / split
-        if not self.root.is_dir():
-            raise DataError(f"no {split} folder: {self.root} does not exist (expected DIR/{split}/<class>/<images>)")
-        classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith("."))
-        if not classes:
-            raise DataError(f"{self.root} has no class folders (expected {self.root}/<class>/<images>)")
-        self.classes = classes
-        self.samples: list[tuple[str, int]] = []
-        for index, name in enumerate(classes):
-            files = sorted(
-                str(p) for p in (self.root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-            )
-            if not files:
-                raise DataError(f"class folder {self.root / name} has no images ({', '.join(IMAGE_EXTENSIONS)})")
-            self.samples.extend((f, index) for f in files)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        path, label = self.samples[index]
-        try:
-            return imaging.load(path), label, None
-        except imaging.ImageError as exc:
-            return None, label, f"{path}: {exc}"
-
-    def identity(self) -> str:
-        return f"folder:{self.root.resolve()}:{len(self.samples)}"
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    try:
-        with gzip.open(path, "rb") as fh:
-            data = fh.read()
-        zero, dtype, ndim = struct.unpack(">HBB", data[:4])
-        if zero != 0 or dtype != 0x08:
-            raise ValueError("not an unsigned-byte IDX file")
-        shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-        return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-    except (OSError, ValueError, struct.error, EOFError) as exc:
-        raise DataError(f"cannot read Fashion-MNIST file {path}: {exc}") from None
-
-
-class FashionMNIST(Dataset):
-    """Fashion-MNIST from the IDX files (Debian's ``dataset-fashion-mnist``); 'val' is the test set.
-
-    The 28x28 grey images go through the same 256 pipeline as photographs (upscaled,
-    repeated to 3 channels), so the exported model serves PNGs of them unchanged.
-    """
-
-    classes = list(FASHION_MNIST_CLASSES)
-
-    def __init__(self, root: str | Path, split: str) -> None:
-        self.root = Path(root)
-        images_file, labels_file = _FASHION_FILES[split]
-        if not (self.root / images_file).is_file():
-            raise DataError(
-                f"Fashion-MNIST not found: {self.root / images_file} is missing "
-                "(install it with: apt-get install dataset-fashion-mnist)"
-            )
-        self.images = _read_idx(self.root / images_file)
-        self.labels = _read_idx(self.root / labels_file).astype(np.int64)
-        if self.images.ndim != 3 or len(self.images) != len(self.labels):
-            raise DataError(f"Fashion-MNIST files in {self.root} disagree: {self.images.shape} images, {self.labels.shape} labels")
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int):
-        return imaging.from_array(self.images[index]), int(self.labels[index]), None
-
-    def identity(self) -> str:
-        return f"fashion-mnist:{self.root.resolve()}:{len(self)}"
-
-
-def open_split(spec: str, split: str) -> Dataset:
-    """``spec`` is ``fashion-mnist``, a folder of Fashion-MNIST IDX files, or an ImageFolder root."""
-    if spec == "fashion-mnist":
-        return FashionMNIST(FASHION_MNIST_DIR, split)
-    root = Path(spec)
-    if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist")
-    if (root / _FASHION_FILES["train"][0]).is_file():
-        return FashionMNIST(root, split)
-    return ImageFolder(root, split)
-
-
-def subset_indices(n: int, limit: int, seed: int) -> list[int] | None:
-    """The first ``limit`` of a seeded permutation (a class-balanced sample on average); None = all."""
-    if not limit or limit >= n:
-        return None
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return sorted(perm[:limit].tolist())
-
+__all__ = ["FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "DataError", "FashionMNIST", "ImageFolder", "open_split", "subset_indices",
+           "collate", "make_loader", "compute_stats"]  # fmt: skip
 
 def collate(batch):
     """Stack the readable samples; hand the problems of the others on to the loop."""

@@ -14,7 +14,7 @@ from tqdm import tqdm
 import imaging
 from train import distributed
 from train.budget import TimeBudget
-from train.transforms import CropAverage
+from train.model import CropAverage
 
 
 @dataclass

@@ -1,5 +1,10 @@
 """AlexNet as in the 2012 paper [3.5], and torchvision's single-tower variant.
 
+The network, and the served procedure around it (``CropAverage``: uint8 IMAGE
+[N,3,256,256] -> PROBS [N,C], normalise, cut the crops, softmax, average [4.1]) with its
+normalisation: what export writes as the ONNX and TorchScript classifier, and what
+training's validation runs.
+
 ``alexnet("paper")`` follows the paper's layer table (two GPU towers expressed as
 ``groups=2`` on conv2, conv4 and conv5; LRN after the ReLUs of conv1 and conv2;
 overlapping 3/2 max-pooling; dropout 0.5 on the outputs of fc6 and fc7): 60,965,224
@@ -9,8 +14,11 @@ of ``torchvision.models.alexnet`` (61,100,840), so its released weights load str
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
+
+import imaging
 
 ARCHS = ("paper", "torchvision")
 INITS = ("paper", "kaiming", "torchvision")
@@ -123,3 +131,73 @@ def alexnet(
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# --- the served procedure around the network ------------------------------------------------------
+
+
+def normalisation(
+    arch: str, mean_image: np.ndarray | torch.Tensor | None, input_scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(offset [3,256,256], scale [3,1,1]) float32 for the arch, on the 0-255 input scale:
+    the network sees ``(x - offset) * scale``.
+
+    The paper subtracts the training set's per-pixel mean image [2] (``mean_image`` [3,256,256],
+    0-255); ``input_scale`` (recipe, paper arch) multiplies the difference, 1 in the paper.
+    torchvision's arch divides by 255 and standardises per channel (ImageNet's mean and std).
+    ValueError for the paper arch without a mean image.
+    """
+    size = imaging.SIZE
+    if arch == "paper":
+        if mean_image is None:
+            raise ValueError("the paper arch needs the training set's mean image")
+        offset = torch.as_tensor(np.asarray(mean_image), dtype=torch.float32).reshape(3, size, size).clone()
+        scale = torch.full((3, 1, 1), float(input_scale))
+    else:
+        offset = (255.0 * torch.tensor(imaging.IMAGENET_MEAN)).reshape(3, 1, 1).expand(3, size, size).clone()
+        scale = (1.0 / (255.0 * torch.tensor(imaging.IMAGENET_STD))).reshape(3, 1, 1)
+    return offset, scale
+
+
+class CropAverage(nn.Module):
+    """uint8 IMAGE [N,3,256,256] -> PROBS [N,C]: normalise, cut the crops, softmax, average.
+
+    The test-time procedure of [4.1] (``crops=10``) or the centre crop alone (``crops=1``),
+    ``offset``/``scale`` from ``normalisation``.  Training validates with it; export writes it
+    as the ONNX and TorchScript classifier.
+    """
+
+    def __init__(self, net: nn.Module, offset: torch.Tensor, scale: torch.Tensor, crops: int = 10) -> None:
+        super().__init__()
+        if crops not in (1, 10):
+            raise ValueError(f"crops must be 1 or 10, got {crops}")
+        self.net = net
+        self.register_buffer("offset", offset.float().clone())
+        self.register_buffer("scale", scale.float().clone())
+        boxes = imaging.ten_crop_boxes()
+        self.boxes = [boxes[imaging.CENTRE]] if crops == 1 else boxes
+        self.crops = crops
+
+    def crop_probs(self, image: torch.Tensor) -> torch.Tensor:
+        """[N,K,C] softmax of each crop (K = 1 or 10, in ``imaging.ten_crop_boxes`` order)."""
+        c = imaging.CROP
+        x = (image.float() - self.offset) * self.scale
+        # Mirror the whole image once and cut the mirrored crops from it as plain slices:
+        # the same pixels as flipping each crop, but a reversed copy of one 256 image
+        # instead of five 224 crops (reversed slices are an element-by-element copy in
+        # ONNX Runtime, worth avoiding in a graph this small).
+        width = x.shape[-1]
+        mirror = x.flip(-1) if any(m for _, _, m in self.boxes) else None
+        patches = []
+        for top, left, mirrored in self.boxes:
+            if mirrored:
+                patches.append(mirror[:, :, top : top + c, width - left - c : width - left])
+            else:
+                patches.append(x[:, :, top : top + c, left : left + c])
+        n = image.shape[0]
+        stacked = torch.stack(patches, dim=1).reshape(n * len(self.boxes), 3, c, c)
+        probs = torch.softmax(self.net(stacked).float(), dim=-1)
+        return probs.reshape(n, len(self.boxes), -1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.crop_probs(image).mean(dim=1)

@@ -100,26 +100,18 @@ class Recipe:
         return cls(**values)
 
 
-# Named deviations from the paper.  Each one is documented in the README with the
-# measurements that motivated it.
+# Named deviations from the paper, each documented in the README; docs/RESULTS.md has the
+# measurements behind them.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
-    # On small CPU budgets the paper's N(0, 0.01) + bias-1 init stays at chance for
-    # tens of thousands of images (measured; Caffe's reproduction saw the same and used
-    # bias 0.1).  He-normal weights with zero biases learn at once.
-    # He-normal assumes unit-variance inputs, so the raw 0-255 differences are scaled by
-    # 1/64 (about one standard deviation of natural images' pixels) to match it.
-    # A 15-minute budget is ~2 passes over a small subset: dropout (a regulariser for 90
-    # epochs) only slows learning there, and twice the updates at twice the rate learn
-    # faster.  Measured, 2 x 12,000 Fashion-MNIST images, 2,000 test images, 10-crop:
-    # batch 128 / lr 0.01 / dropout 0.5 -> 0.757; batch 64 / lr 0.02 / dropout 0 -> 0.797.
-    # The paper's lr / 10 on a plateau never fires in a 15-minute run; one cycle of warm-up and
-    # cosine annealing does the annealing the last steps need.  Measured (docs/RESULTS.md):
-    # 1 x 20,000 images, one-cycle at lr 0.02 -> val error 0.214; 2 x 10,000 at lr 0.04 -> 0.236.
-    # Within one pass, AdamW at batch 32 learns faster per image than SGD at batch 64, and its
-    # fused step costs less than SGD's: 6,000 images, 500 test images, centre crop, val error
-    # SGD b64 lr 0.02 0.290 (36.3 img/s); AdamW b64 lr 3e-4 0.264 (37.8); AdamW b32 lr 2e-4 /
-    # 3e-4 / 5e-4 0.252 / 0.246 / 0.260 (37.2 img/s at 3e-4); AdamW b16 0.242 but 27.7 img/s.
+    # The paper's recipe is made for 90 epochs of ImageNet; the demo sees about one pass over
+    # Fashion-MNIST on two CPU cores, where:
+    # - the paper's N(0, 0.01) + bias-1 init stays at chance for tens of thousands of images:
+    #   He-normal weights with zero biases learn at once, and He-normal wants unit-variance
+    #   inputs, so the 0-255 differences are scaled by 1/64 (about one pixel standard deviation);
+    # - dropout, a regulariser for long runs, only slows learning;
+    # - lr / 10 on a plateau never fires: one cycle of warm-up and cosine annealing anneals;
+    # - AdamW at batch 32 learns more per image than SGD, and its fused step is as fast.
     "demo": {
         "init": "kaiming", "init_bias": 0.0, "input_scale": 1 / 64, "dropout": 0.0,
         "optimizer": "adamw", "batch_size": 32, "lr": 3e-4, "schedule": "onecycle",

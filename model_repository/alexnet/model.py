@@ -10,8 +10,8 @@ the config names -- ``parameters { key: "runtime" }``:
                  GPU is visible, else on the CPU in fp32 -- the same code either way.
 
 ``alexnet-export`` copies this file into every version folder it writes (Triton loads
-``<version>/model.py``); the runtimes themselves live in ``contract.runtimes``, which the
-export checks and the benchmarks run too.  Small and total: everything is built in
+``<version>/model.py``); the version's files and gates are opened by ``runtime.Version``,
+as export's checks and the benchmarks open them.  Small and total: everything is built in
 ``initialize``; ``execute`` concatenates the requests of a dynamic batch, runs them
 ``max_images_per_run`` images at a time, and returns exactly one response per request --
 an INVALID_ARG error naming the problem for a request whose IMAGE is not uint8
@@ -26,7 +26,8 @@ import triton_python_backend_utils as pb_utils
 
 import contract
 import imaging
-from contract import cpu, runtimes
+from contract import cpu
+from runtime import RecordError, RuntimeUnavailable, Version
 
 SHAPE = (3, imaging.SIZE, imaging.SIZE)  # the config's dims say the same, and Triton checks them first
 
@@ -42,32 +43,18 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        version = Path(args["model_repository"]) / args["model_version"]
         kind = params.get("runtime", "openvino")
-        precision = params.get("precision", "auto")
-        per_run = int(params.get("max_images_per_run", "0"))
-        threads = _threads(config, params)
-        why = ""
+        gpu = args.get("model_instance_kind") == "GPU"
         try:
-            if kind == "openvino":
-                streams = int(params.get("streams", "1"))
-                # auto: the fastest measured on this CPU; timed again here (seconds) only when
-                # export's timings come from another kind of CPU.
-                measure = lambda candidates: runtimes.time_cpu_precisions(version, candidates, threads, streams, per_run)  # noqa: E731
-                precision, why = runtimes.cpu_precision_for(version, precision, measure=measure)
-                self.runtime = runtimes.openvino(version, precision, threads, streams, per_run)
-            elif kind == "onnxruntime":
-                onnx_file = runtimes.FILES["int8" if precision == "int8" else "f32"]
-                self.runtime = runtimes.onnxruntime(version / onnx_file, threads, per_run)
-            elif kind == "pytorch":
-                gpu = args.get("model_instance_kind") == "GPU"
-                device = f"cuda:{args['model_instance_device_id']}" if gpu else "auto"
-                self.runtime = runtimes.pytorch(version / runtimes.FILES["torchscript"], device, precision, per_run)
-            else:
-                raise ValueError(f"unknown runtime {kind!r} (openvino, onnxruntime or pytorch)")
-        except (runtimes.RuntimeUnavailable, FileNotFoundError, ValueError) as exc:
+            # openvino auto: the fastest measured on this CPU; timed again here (seconds) only
+            # when export's timings come from another kind of CPU.
+            self.runtime = Version(Path(args["model_repository"]) / args["model_version"]).open(
+                kind, params.get("precision", "auto"), threads=_threads(config, params), streams=int(params.get("streams", "1")),
+                max_images_per_run=int(params.get("max_images_per_run", "0")),
+                device=f"cuda:{args['model_instance_device_id']}" if gpu else "auto")  # fmt: skip
+        except (RuntimeUnavailable, RecordError, FileNotFoundError, ValueError) as exc:
             raise pb_utils.TritonModelException(f"alexnet ({kind}): {exc}") from None
-        note = f"; precision {why}" if why else ""
+        note = f"; precision {self.runtime.why}" if self.runtime.why else ""
         pb_utils.Logger.log_info(f"{args['model_instance_name']}: {self.runtime.describe()}{note}")
 
     def execute(self, requests):

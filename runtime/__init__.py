@@ -1,0 +1,15 @@
+"""Running an exported model version in this process, shared by every stage that does.
+
+- ``runtime.version``: the exported version (its files, export.json, the gates) and
+  ``Version.open``, the one place a (runtime, precision) request becomes a loaded model;
+- ``runtime.precision``: the CPU precision policy (the fastest measured among the gated);
+- ``runtime.engines``: the runtime constructors (ONNX Runtime, OpenVINO, PyTorch).
+
+Imports ``contract`` and ``imaging`` only; the runtime packages themselves are imported
+when a model is opened, so ``import runtime`` needs neither NumPy nor PyTorch.
+"""
+
+from runtime.engines import Runtime, RuntimeUnavailable
+from runtime.version import FILES, ExportRecord, RecordError, ServedConfig, Version, served_configs
+
+__all__ = ["FILES", "ExportRecord", "RecordError", "Runtime", "RuntimeUnavailable", "ServedConfig", "Version", "served_configs"]

@@ -1,0 +1,91 @@
+"""Which CPU precision serves a version: the fastest measured on this CPU among those export's gates passed.
+
+DESIGN.md promises the fastest measured CPU runtime for the CPU it runs on.  Export times
+every gated precision in OpenVINO right after building the files and records the figures
+with the CPU (``cpu.describe()``); a server on the same kind of CPU uses them as they are,
+one on another kind times the candidates again when the model loads (seconds).  The CPU's
+flags only order the candidates, breaking a tie within 3%: they never decide alone (an AVX2
+CPU without VNNI still runs int8 1.3x f32 in OpenVINO; docs/RESULTS.md has the tables).
+
+``runtime.version.Version`` is the only caller: it knows the gates and opens the files.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from contract import cpu
+
+# Integer and bf16 matrix units, in the order they are preferred when timings tie.
+INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+TIE = 0.97  # within 3% of the fastest is a tie: 1.5 s of timing on 2 cores does not tell them apart
+TIMING_SECONDS = 1.5  # per precision, after a warm-up run: enough to tell 1.2x apart on 2 cores
+TIMING_IMAGES_PER_RUN = 4  # the cpu config's max_images_per_run: the runs the server makes
+
+
+def flag_order(cpu_flags: Iterable[str], allowed: Iterable[str]) -> list[str]:
+    """The gated precisions, the one the CPU's units favour first: int8 where it has an integer
+    matrix unit, else bf16 where it computes bf16 natively, else f32 (no unit for either: at
+    equal speed the exact precision); then the rest (int8, bf16, f32)."""
+    flags, allowed = set(cpu_flags), set(allowed)
+    first = ("int8" if "int8" in allowed and flags & set(INT8_FLAGS) else
+             "bf16" if "bf16" in allowed and flags & set(BF16_FLAGS) else "f32" if "f32" in allowed else None)  # fmt: skip
+    return ([first] if first else []) + [p for p in ("int8", "bf16", "f32") if p in allowed and p != first]
+
+
+def time_precisions(open_runtime: Callable[[str], Callable], precisions: Iterable[str], images_per_run: int = TIMING_IMAGES_PER_RUN,
+                    seconds: float = TIMING_SECONDS) -> dict[str, float]:  # fmt: skip
+    """{precision: images/s} in this process: ``open_runtime(precision)`` run on random uint8
+    images [2 x images_per_run, 3, 256, 256] (10-crop inside the graph) for ``seconds`` after a
+    warm-up run."""
+    import numpy as np
+
+    import imaging
+
+    per_run = images_per_run or TIMING_IMAGES_PER_RUN
+    images = np.random.default_rng(0).integers(0, 256, (2 * per_run, 3, imaging.SIZE, imaging.SIZE), dtype=np.uint8)
+    rates = {}
+    for precision in precisions:
+        run = open_runtime(precision)
+        run(images)  # the first run compiles and fills caches
+        done, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            run(images)
+            done += len(images)
+        rates[precision] = round(done / elapsed, 2)
+    return rates
+
+
+def same_cpu(a: dict | None, b: dict | None) -> bool:
+    """Whether two ``cpu.describe()`` records are one kind of CPU for timing: model, cores, flags."""
+    keys = ("model", "cores", "flags")
+    return bool(a and b) and all(a.get(k) == b.get(k) for k in keys)
+
+
+def choose(allowed: Iterable[str], recorded: dict | None, here: dict, measure: Callable[[list[str]], dict[str, float]]) -> tuple[str, str]:
+    """(precision, why): the fastest measured on this CPU among the gated ``allowed``.
+
+    ``recorded`` is export's timing record ({"cpu": cpu.describe(), "images_per_s": {...}}); it
+    is used when it was taken on this kind of CPU (``here``) and covers every candidate, else
+    ``measure(candidates)`` times them now."""
+    order = flag_order([f for f, on in here.get("flags", {}).items() if on], allowed)
+    if len(order) == 1:
+        return order[0], f"{order[0]}: the only precision export's gates passed"
+    recorded = recorded or {}
+    rates = recorded.get("images_per_s") or {}
+    if same_cpu(recorded.get("cpu"), here) and all(p in rates for p in order):
+        source = "measured at export on this CPU"
+    else:
+        why_now = "export's timings are from another CPU" if rates else "export recorded no timings"
+        rates, source = measure(order), f"measured at start ({why_now})"
+    best = max(rates[p] for p in order)
+    chosen = next(p for p in order if rates[p] >= TIE * best)
+    figures = ", ".join(f"{p} {rates[p]:.2f}" for p in sorted(order, key=lambda p: -rates[p]))
+    return chosen, f"{chosen}: fastest {source}, images/s: {figures}"
+
+
+def here() -> dict:
+    """This CPU, as the timings record it."""
+    return cpu.describe()
