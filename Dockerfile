@@ -27,6 +27,7 @@ RUN apt-get update \
 
 WORKDIR /opt/alexnet
 COPY pyproject.toml README.md ./
+COPY alexnet_server alexnet_server
 COPY contract contract
 COPY imaging imaging
 COPY runtime runtime
@@ -50,7 +51,7 @@ RUN trt=$(find /usr/lib/x86_64-linux-gnu -name 'libnvinfer.so.*.*.*' -printf '%f
  && test -n "$trt" || { echo "no libnvinfer in this image" >&2; exit 1; } \
  && cuda=${CUDA_VERSION:?the base image names its CUDA release in CUDA_VERSION} \
  && python3 -m pip install "tensorrt-cu${cuda%%.*}==${trt}.*" \
- && python3 -m pip install -e '.[gpu]' \
+ && python3 -m pip install '.[gpu]' \
  && python3 docker/check_tensorrt.py
 COPY docker/entrypoint.sh /usr/local/bin/alexnet-entrypoint
 
@@ -67,7 +68,7 @@ EXPOSE 8000 8001 8002
 # The same check as the Kubernetes liveness probe: a real request through classify, on Triton's
 # own loopback port (fixed here with --triton-ports); alexnet-serve itself watches the front.
 HEALTHCHECK --interval=30s --timeout=35s --start-period=600s --retries=3 \
-  CMD python3 -m server.health --url 127.0.0.1:18000 --timeout 30 || exit 1
+  CMD python3 -m alexnet_server.server.health --url 127.0.0.1:18000 --timeout 30 || exit 1
 
 ENTRYPOINT ["alexnet-entrypoint"]
 CMD ["alexnet-serve", "--config", "auto", "--host", "0.0.0.0", "--triton-ports", "18000,18001,18002", \

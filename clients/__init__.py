@@ -4,7 +4,7 @@
 or refused) or a ``LocalError`` (a file, the client's own decode, or the options).
 """
 
-from clients.classifier import Classifier, ClassifierError, Result
-from clients.protocol import LocalError, ServerError
+from alexnet_server.clients.classifier import Classifier, ClassifierError, Result
+from alexnet_server.clients.protocol import LocalError, ServerError
 
 __all__ = ["Classifier", "ClassifierError", "LocalError", "Result", "ServerError"]

@@ -1,5 +1,5 @@
 import sys
 
-from clients.classify_cli import cli
+from alexnet_server.clients.classify_cli import cli
 
 sys.exit(cli())

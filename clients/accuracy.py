@@ -1,6 +1,6 @@
 """Top-1 accuracy of an alexnet-label output whose images sit in folders named by class index.
 
-    python -m clients.accuracy runs/demo/labels-10crop.csv --labels served/alexnet/labels.txt
+    python -m alexnet_server.clients.accuracy runs/demo/labels-10crop.csv --labels served/alexnet/labels.txt
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def accuracy(rows: list[dict], labels: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clients.accuracy", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m alexnet_server.clients.accuracy", description=__doc__.split("\n\n")[0])
     parser.add_argument("csv", type=Path, help="an alexnet-label CSV output")
     parser.add_argument("--labels", type=Path, required=True, help="the model's labels.txt (index order)")
     args = parser.parse_args(argv)

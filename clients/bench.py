@@ -29,14 +29,14 @@ from typing import Callable
 
 import numpy as np
 
-import imaging
-from clients import loadgen, report
-from clients.label import walk
-from clients.load import Level, ServerMemory, run_level, run_open_level, server_split
-from clients.protocol import DEFAULT_URLS, PROTOCOLS, ClientError, Connection, LocalError, ServerError, add_credential_arguments, bytes_batch, credentials_from
-from contract import ENSEMBLE, MODEL, PREPROCESS, cpu, layout
-from runtime import RecordError, RuntimeUnavailable, Version
-from runtime.version import images_per_run
+from alexnet_server import imaging
+from alexnet_server.clients import loadgen, report
+from alexnet_server.clients.label import walk
+from alexnet_server.clients.load import Level, ServerMemory, run_level, run_open_level, server_split
+from alexnet_server.clients.protocol import DEFAULT_URLS, PROTOCOLS, ClientError, Connection, LocalError, ServerError, add_credential_arguments, bytes_batch, credentials_from
+from alexnet_server.contract import ENSEMBLE, MODEL, PREPROCESS, cpu, layout
+from alexnet_server.runtime import RecordError, RuntimeUnavailable, Version
+from alexnet_server.runtime.version import images_per_run
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -255,7 +255,7 @@ def main(args: argparse.Namespace) -> int:
             finally:
                 probe.close()
         if args.soak:
-            from clients import soak
+            from alexnet_server.clients import soak
 
             return soak.run(args, images, levels_wanted[0], served_caller)
         levels, runtimes_used = measure_levels(args, images, levels_wanted)

@@ -1,6 +1,6 @@
 """The client library: ``Classifier(url, protocol).classify(images, topk=5)``.
 
-    from clients import Classifier, ClassifierError
+    from alexnet_server.clients import Classifier, ClassifierError
     with Classifier("127.0.0.1:8001", protocol="grpc") as clf:
         for labels in clf.classify(["cat.jpg", open("dog.png", "rb").read()], topk=3):
             print(labels)            # [("tabby", 0.61), ("tiger cat", 0.22), ...]
@@ -22,10 +22,10 @@ from typing import Iterable, Iterator, Union
 
 import numpy as np
 
-import imaging
-from clients.protocol import ClientError, Connection, LocalError, ModelInfo, ServerError, bytes_batch, parse_top, resolve_credentials
-from contract import ENSEMBLE
-from contract.security import Credentials
+from alexnet_server import imaging
+from alexnet_server.clients.protocol import ClientError, Connection, LocalError, ModelInfo, ServerError, bytes_batch, parse_top, resolve_credentials
+from alexnet_server.contract import ENSEMBLE
+from alexnet_server.contract.security import Credentials
 
 ClassifierError = ClientError  # the one exception type users catch: ServerError or LocalError
 Image = Union[str, os.PathLike, bytes]

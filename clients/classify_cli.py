@@ -10,10 +10,10 @@ import argparse
 import json
 import sys
 
-import imaging
-from contract import ENSEMBLE, MODEL
-from clients.classifier import Classifier, ClassifierError
-from clients.protocol import DEFAULT_URLS, PROTOCOLS, add_credential_arguments, credentials_from
+from alexnet_server import imaging
+from alexnet_server.contract import ENSEMBLE, MODEL
+from alexnet_server.clients.classifier import Classifier, ClassifierError
+from alexnet_server.clients.protocol import DEFAULT_URLS, PROTOCOLS, add_credential_arguments, credentials_from
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -29,10 +29,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Iterator
 
-import imaging
-from clients.classifier import Classifier, ClassifierError, Result
-from clients.protocol import DEFAULT_URLS, PROTOCOLS, LocalError, add_credential_arguments, credentials_from
-from contract import ENSEMBLE, files
+from alexnet_server import imaging
+from alexnet_server.clients.classifier import Classifier, ClassifierError, Result
+from alexnet_server.clients.protocol import DEFAULT_URLS, PROTOCOLS, LocalError, add_credential_arguments, credentials_from
+from alexnet_server.contract import ENSEMBLE, files
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 # Files with these names are images to the user even when their header is unreadable: they

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
-from contract import security
-from contract.security import Credentials
+from alexnet_server.contract import security
+from alexnet_server.contract.security import Credentials
 
 # gRPC's C core would print a failed TLS handshake on stderr itself, beside the one line the
 # CLIs print; its errors still come through (set GRPC_VERBOSITY to see more).

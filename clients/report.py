@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.load import PERCENTILES, Level
-from contract import MODEL, files
+from alexnet_server.clients.load import PERCENTILES, Level
+from alexnet_server.contract import MODEL, files
 
 
 def print_table(levels: list[Level]) -> None:

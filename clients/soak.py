@@ -18,8 +18,8 @@ import threading
 import time
 from typing import Callable
 
-from clients.load import ServerMemory
-from contract import cpu, files
+from alexnet_server.clients.load import ServerMemory
+from alexnet_server.contract import cpu, files
 
 MAX_GROWTH = 0.05
 

@@ -4,7 +4,8 @@
 models' code, the ensemble.  ``alexnet-export`` builds the *served* repository from it --
 template + version folders + the values that follow from the model (class count, the
 engine's batch limit) -- in a git-ignored folder, which ``alexnet-serve``, ``alexnet-bench``
-and the demo use by default.  ``ALEXNET_REPOSITORY`` (or ``--repository``) names another.
+and the demo use by default (``served/`` in the working directory).  ``ALEXNET_REPOSITORY``
+(or ``--repository``) names another.  The template ships inside the installed package.
 """
 
 from __future__ import annotations
@@ -12,18 +13,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from contract import MODEL
+import alexnet_server
+from alexnet_server.contract import MODEL
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-TEMPLATE = PROJECT_ROOT / "model_repository"
-DEFAULT_SERVED = PROJECT_ROOT / "served"
+# The folder holding the package's subpackages: the checkout's root, or site-packages/alexnet_server
+# when installed (the template ships inside it as package data).
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = PACKAGE_ROOT / "model_repository"
+# Where ``alexnet_server`` is importable from: what Triton's python-backend stubs need on PYTHONPATH.
+IMPORT_ROOT = Path(alexnet_server.__file__).resolve().parent.parent
+DEFAULT_SERVED = Path("served")  # in the working directory: never inside an installed package
 REPOSITORY_ENV = "ALEXNET_REPOSITORY"
 
 LABELS = "labels.txt"  # beside alexnet's config: class_count -> "score:index:label"
 
 
 def default_repository() -> Path:
-    """The served repository: $ALEXNET_REPOSITORY, else ``served/`` in the project."""
+    """The served repository: $ALEXNET_REPOSITORY, else ``served/`` in the working directory."""
     return Path(os.environ.get(REPOSITORY_ENV) or DEFAULT_SERVED)
 
 

@@ -1,5 +1,5 @@
 import sys
 
-from export.cli import cli
+from alexnet_server.export.cli import cli
 
 sys.exit(cli())

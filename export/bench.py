@@ -1,8 +1,8 @@
 """Benchmark: the exported 10-crop classifier in every CPU runtime and precision, in one run.
 
-    python -m export.bench                         # paper arch, 1000 classes, random weights
-    python -m export.bench runs/demo/checkpoint.pt --batch-sizes 1,8 --seconds 20 --json bench.json
-    python -m export.bench runs/demo/checkpoint.pt --int8 --calibration fashion-mnist
+    python -m alexnet_server.export.bench                         # paper arch, 1000 classes, random weights
+    python -m alexnet_server.export.bench runs/demo/checkpoint.pt --batch-sizes 1,8 --seconds 20 --json bench.json
+    python -m alexnet_server.export.bench runs/demo/checkpoint.pt --int8 --calibration fashion-mnist
 
 All run the identical procedure (uint8 IMAGE -> 10 crops -> softmax -> mean) on the same
 inputs with the same number of threads: PyTorch eager, ONNX Runtime fp32 (the baseline of
@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import imaging
-from contract import cpu, files
-from runtime import FILES, RuntimeUnavailable, Version
-from export import check, onnx_graph, source
-from train.model import normalisation
+from alexnet_server import imaging
+from alexnet_server.contract import cpu, files
+from alexnet_server.runtime import FILES, RuntimeUnavailable, Version
+from alexnet_server.export import check, onnx_graph, source
+from alexnet_server.train.model import normalisation
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__.split("\n\n")[0], add_help=add_help,
+    parser = argparse.ArgumentParser(prog="python -m alexnet_server.export.bench", description=__doc__.split("\n\n")[0], add_help=add_help,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     parser.add_argument("checkpoint", nargs="?", type=Path, help="a train/ checkpoint (default: random weights)")
     parser.add_argument("--arch", choices=("paper", "torchvision"), default="paper", help="without a checkpoint")
@@ -64,7 +64,7 @@ def measure(run, batch: np.ndarray, seconds: float, warmup: int) -> dict[str, fl
 def _source(args: argparse.Namespace) -> source.Source:
     if args.checkpoint:
         return source.from_checkpoint(args.checkpoint)
-    from train.model import alexnet
+    from alexnet_server.train.model import alexnet
 
     torch.manual_seed(0)
     net = alexnet(args.arch, args.classes, init="kaiming").eval()
@@ -82,7 +82,7 @@ def runtimes_to_time(args: argparse.Namespace, classifier, folder: Path, threads
         found["pytorch-eager-f32"] = check.torch_runner(classifier)
     precisions = ["f32"] + (["bf16"] if cpu.has_native_bf16() else [])
     if args.int8:
-        from export import quantize
+        from alexnet_server.export import quantize
 
         calibration, _ = quantize.calibration_images(args.calibration, args.calibration_images, 1)
         quantize.quantize(scratch.file("f32"), scratch.file("int8"), calibration)

@@ -19,10 +19,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-import imaging
-from contract import cpu
-from runtime import RuntimeUnavailable, Version
-from runtime import precision as precision_policy
+from alexnet_server import imaging
+from alexnet_server.contract import cpu
+from alexnet_server.runtime import RuntimeUnavailable, Version
+from alexnet_server.runtime import precision as precision_policy
 
 BATCH_SIZES = (1, 3, 8)
 ONNX_TOLERANCE = 1e-5

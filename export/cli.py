@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-import imaging
-from contract import layout
-from runtime import ExportRecord, Version
-from export import check, plan, quantize, repository, tensorrt_engine
-from export.check import CheckFailed
-from export.repository import RepositoryError
+from alexnet_server import imaging
+from alexnet_server.contract import layout
+from alexnet_server.runtime import ExportRecord, Version
+from alexnet_server.export import check, plan, quantize, repository, tensorrt_engine
+from alexnet_server.export.check import CheckFailed
+from alexnet_server.export.repository import RepositoryError
 
 # What exporting a checkpoint needs (PyTorch, the network, the checkpoint reader) is imported
 # only then: --plan-only, the GPU container's start, runs without PyTorch.
@@ -113,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
 
 def export_checkpoint(args: argparse.Namespace) -> int:
     """The phases of an export, each checked before the next; everything is staged, then committed."""
-    from export import source
+    from alexnet_server.export import source
 
     formats = _formats(args)
     src = source.from_checkpoint(args.checkpoint) if args.checkpoint else source.from_torchvision_weights(args.torchvision_weights)
@@ -160,7 +160,7 @@ def _formats(args: argparse.Namespace) -> set[str]:
 def write_onnx(args: argparse.Namespace, classifier, staged: Version, record: ExportRecord, photos: list[Path], calibration) -> tuple[dict, dict | None]:
     """(the record's onnx and int8 sections): model.onnx checked against PyTorch; with --int8,
     model.int8.onnx beside it."""
-    from export import onnx_graph
+    from alexnet_server.export import onnx_graph
 
     onnx_graph.write(classifier, staged.file("f32"), record.classes, {k: getattr(record, k) for k in ("arch", "crops", "classes", "source")})
     report = check.check_onnx(classifier, staged, photos)
@@ -174,7 +174,7 @@ def write_onnx(args: argparse.Namespace, classifier, staged: Version, record: Ex
 
 def write_torchscript(classifier, staged: Version, photos: list[Path]) -> dict:
     """model.pt (the pytorch config's file) checked against PyTorch eager on the CPU."""
-    from export import torchscript
+    from alexnet_server.export import torchscript
 
     torchscript.write(classifier, staged.file("torchscript"))
     traced = staged.open("pytorch", "f32", device="cpu")

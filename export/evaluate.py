@@ -1,6 +1,6 @@
 """Accuracy of an exported version in each runtime and precision, and how often they agree.
 
-    python -m export.evaluate served/alexnet/1 --variants onnxruntime:f32,openvino:bf16,openvino:int8 \\
+    python -m alexnet_server.export.evaluate served/alexnet/1 --variants onnxruntime:f32,openvino:bf16,openvino:int8 \\
         --data fashion-mnist --limit 2000 --json accuracy.json
 
 Runs every variant (``runtime:precision``, opened by ``runtime.Version`` as the server opens it) on the same
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from contract import cpu, files
-from runtime import RecordError, Runtime, RuntimeUnavailable, Version
-from imaging import datasets as data
+from alexnet_server.contract import cpu, files
+from alexnet_server.runtime import RecordError, Runtime, RuntimeUnavailable, Version
+from alexnet_server.imaging import datasets as data
 
 
 def open_variant(version: Path, spec: str) -> Runtime:
@@ -30,7 +30,7 @@ def open_variant(version: Path, spec: str) -> Runtime:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m alexnet_server.export.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("version", type=Path, help="an exported version folder (served/alexnet/N)")
     parser.add_argument("--variants", default="onnxruntime:f32,openvino:f32", help="runtime:precision, comma-separated; the first is the reference")
     parser.add_argument("--data", default="fashion-mnist", help="fashion-mnist, its IDX folder, or an ImageFolder root (val split)")

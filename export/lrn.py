@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.model import CropAverage
+from alexnet_server.train.model import CropAverage
 
 
 class ChannelWindowLRN(nn.Module):

@@ -10,10 +10,10 @@ from pathlib import Path
 import onnx
 import torch
 
-import contract
-import imaging
-from export.lrn import ChannelWindowLRN, with_fast_lrn  # noqa: F401 - ChannelWindowLRN is part of what the graph holds
-from train.model import CropAverage
+from alexnet_server import contract
+from alexnet_server import imaging
+from alexnet_server.export.lrn import ChannelWindowLRN, with_fast_lrn  # noqa: F401 - ChannelWindowLRN is part of what the graph holds
+from alexnet_server.train.model import CropAverage
 
 INPUT, OUTPUT = contract.IMAGE, contract.PROBS  # the contract between export, Triton's configs and the clients
 OPSET = 18  # the dynamo exporter's native opset; the ONNX Runtime, OpenVINO and TensorRT 10 the extras install take it

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from contract import files, gpu, layout
-from export import check, repository, tensorrt_engine
-from export.check import CheckFailed
-from export.repository import RepositoryError
-from runtime import FILES, Version
+from alexnet_server.contract import files, gpu, layout
+from alexnet_server.export import check, repository, tensorrt_engine
+from alexnet_server.export.check import CheckFailed
+from alexnet_server.export.repository import RepositoryError
+from alexnet_server.runtime import FILES, Version
 
 
 def build_checked(onnx_path: Path, plan: Path, max_batch: int, fp16: bool, cache_folder: Path, photos: list[Path], calibration=None) -> dict:

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-import contract
-import imaging
-
+from alexnet_server import contract
+from alexnet_server import imaging
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 # ReLU and max-pooling commute with quantization, so they are annotated too: ONNX Runtime
 # then folds each ReLU into its layer's output range and pools uint8 data, instead of a
@@ -41,7 +40,7 @@ def calibration_images(spec: str, count: int, held_back: int, seed: int = 0) -> 
     if count < 1:
         raise CalibrationError(f"--calibration-images must be >= 1, got {count}")
     if spec == "fashion-mnist" or (Path(spec) / "train-images-idx3-ubyte.gz").is_file():
-        from imaging import datasets as data
+        from alexnet_server.imaging import datasets as data
 
         try:
             train, test = data.open_split(spec, "train"), data.open_split(spec, "val")
@@ -83,7 +82,7 @@ def quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray, method: 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from export import qdq_rewrite
+    from alexnet_server.export import qdq_rewrite
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
     with tempfile.TemporaryDirectory() as tmp:

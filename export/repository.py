@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from contract import ENSEMBLE, MODEL, PROBS, files, layout
-from runtime import Version
+from alexnet_server.contract import ENSEMBLE, MODEL, PROBS, files, layout
+from alexnet_server.runtime import Version
 
 # Triton loads <version>/model.py; the code is the template's, copied, never generated.
 MODEL_CODE = Path(MODEL) / "model.py"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from train import checkpoint
-from train.checkpoint import CheckpointError
-from train.model import CropAverage, alexnet, normalisation
+from alexnet_server.train import checkpoint
+from alexnet_server.train.checkpoint import CheckpointError
+from alexnet_server.train.model import CropAverage, alexnet, normalisation
 
 
 @dataclass

@@ -25,8 +25,8 @@ from typing import Callable
 
 import numpy as np
 
-import imaging
-from contract import IMAGE, PROBS, files, gpu
+from alexnet_server import imaging
+from alexnet_server.contract import IMAGE, PROBS, files, gpu
 
 FP16_TOLERANCE = 1e-2
 FP32_TOLERANCE = 1e-4

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-import imaging
-from export.lrn import with_fast_lrn
-from train.model import CropAverage
+from alexnet_server import imaging
+from alexnet_server.export.lrn import with_fast_lrn
+from alexnet_server.train.model import CropAverage
 
 
 def write(classifier: CropAverage, path: Path) -> None:

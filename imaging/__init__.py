@@ -9,7 +9,7 @@ network sees 224x224 crops of that (random during training; the four corners, th
 centre and their mirrors at test time).
 """
 
-from imaging.pipeline import (
+from alexnet_server.imaging.pipeline import (
     BACKGROUND,
     CENTRE,
     CROP,
@@ -32,7 +32,7 @@ from imaging.pipeline import (
     ten_crop_boxes,
     to_rgb,
 )
-from imaging.samples import sample_photographs
+from alexnet_server.imaging.samples import sample_photographs
 
 __all__ = [
     "BACKGROUND",

@@ -4,7 +4,7 @@ A sample is ``(image, label, problem)``: ``image`` is uint8 [3,256,256] from ``i
 (or ``imaging.from_array`` for Fashion-MNIST's 28x28 grey arrays), or None when the file could
 not be read, in which case ``problem`` names the file and why.  Map-style (``len`` and
 indexing), so PyTorch's DataLoader takes them as they are: training (``train.data``), export's
-calibration and gates, and ``python -m export.evaluate`` read the same images the same way.
+calibration and gates, and ``python -m alexnet_server.export.evaluate`` read the same images the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imaging.pipeline import ImageError, from_array, load
+from alexnet_server.imaging.pipeline import ImageError, from_array, load
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from imaging.pipeline import SIZE, orientation
+from alexnet_server.imaging.pipeline import SIZE, orientation
 
 MAX_GPU_PIXELS = 50_000_000  # larger JPEGs take the CPU path (DCT-scaled decode there)
 MAX_ASPECT = 8.0  # beyond it the full-image resize would be a needlessly large intermediate

@@ -9,7 +9,7 @@ Imports ``contract`` and ``imaging`` only; the runtime packages themselves are i
 when a model is opened, so ``import runtime`` needs neither NumPy nor PyTorch.
 """
 
-from runtime.engines import Runtime, RuntimeUnavailable
-from runtime.version import FILES, ExportRecord, RecordError, ServedConfig, Version, served_configs
+from alexnet_server.runtime.engines import Runtime, RuntimeUnavailable
+from alexnet_server.runtime.version import FILES, ExportRecord, RecordError, ServedConfig, Version, served_configs
 
 __all__ = ["FILES", "ExportRecord", "RecordError", "Runtime", "RuntimeUnavailable", "ServedConfig", "Version", "served_configs"]

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import contract
-from contract import cpu
+from alexnet_server import contract
+from alexnet_server.contract import cpu
 
 PRECISIONS = ("f32", "bf16", "int8")  # OpenVINO's CPU precisions
 
@@ -171,7 +171,7 @@ def pytorch(path: str | os.PathLike, device: str = "auto", precision: str = "aut
     dev = torch.device(device)
     autocast = dict(device_type=dev.type, dtype=dtypes[precision] or torch.float32, enabled=dtypes[precision] is not None)
 
-    from imaging.gpu import to_numpy, to_torch
+    from alexnet_server.imaging.gpu import to_numpy, to_torch
 
     def run(images):
         with torch.inference_mode(), torch.autocast(**autocast):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from contract import cpu
+from alexnet_server.contract import cpu
 
 # Integer and bf16 matrix units, in the order they are preferred when timings tie.
 INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
@@ -42,8 +42,7 @@ def time_precisions(open_runtime: Callable[[str], Callable], precisions: Iterabl
     warm-up run."""
     import numpy as np
 
-    import imaging
-
+    from alexnet_server import imaging
     per_run = images_per_run or TIMING_IMAGES_PER_RUN
     images = np.random.default_rng(0).integers(0, 256, (2 * per_run, 3, imaging.SIZE, imaging.SIZE), dtype=np.uint8)
     rates = {}

@@ -10,7 +10,7 @@ serves (its default version policy serves the latest).  This module is its one o
 - ``Version`` knows the files (``FILES``), the CPU precisions export's gates allowed, and
   ``open``\\s a runnable model for (runtime, precision, threads, ...): the single place that
   maps a request to a file and applies the gates.  The ``alexnet`` Triton model, export's own
-  checks, ``python -m export.evaluate``, ``alexnet-bench --inprocess`` and the GPU check all
+  checks, ``python -m alexnet_server.export.evaluate``, ``alexnet-bench --inprocess`` and the GPU check all
   open models here, so a gate, a benchmark and the server never run a file differently.
 - ``ServedConfig`` reads alexnet's config variants from the template (``configs/*.pbtxt``, the
   one description of each) and ``Version.missing`` says which files a config needs.
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from contract import MODEL, cpu, files, layout
-from runtime import engines, precision
-from runtime.engines import Runtime, RuntimeUnavailable
+from alexnet_server.contract import MODEL, cpu, files, layout
+from alexnet_server.runtime import engines, precision
+from alexnet_server.runtime.engines import Runtime, RuntimeUnavailable
 
 FORMAT = 1  # export.json's format; a reader refuses any other
 RECORD = "export.json"  # in each version folder

@@ -45,7 +45,7 @@ $bin/alexnet-export "$out/checkpoint.pt" --repository "$repo" --version 1 --forc
 
 say "3/5 test images as PNG files"
 rm -rf "$out/test-images"
-$bin/python -m train.fashion_images "$out/test-images" --data "$data" --count "$n_images"
+$bin/python -m alexnet_server.train.fashion_images "$out/test-images" --data "$data" --count "$n_images"
 
 pid=
 # `|| true`: under set -e a failed kill (the server already gone) inside the EXIT trap would
@@ -64,7 +64,7 @@ grep -h "config 'cpu'\|alexnet-serve: alexnet_" "$out/serve.log" || true
 say "4/5 accuracy through the server (10-crop)"
 rm -f "$out/labels-10crop.csv"
 $bin/alexnet-label "$out/test-images" --recursive --out "$out/labels-10crop.csv" --url "127.0.0.1:$grpc" --topk 1 --no-progress || true
-$bin/python -m clients.accuracy "$out/labels-10crop.csv" --labels "$repo/alexnet/labels.txt" > "$out/served-accuracy.json"
+$bin/python -m alexnet_server.clients.accuracy "$out/labels-10crop.csv" --labels "$repo/alexnet/labels.txt" > "$out/served-accuracy.json"
 
 say "5/5 latency benchmark (served vs in-process, JPEG in)"
 $bin/alexnet-bench --url "127.0.0.1:$grpc" --concurrency 1,8 --duration "$bench_s" --warmup 1 --inprocess \

@@ -295,9 +295,9 @@ def check(args, report: dict, t0: float) -> int:
     import numpy as np
     import torch
 
-    import imaging
-    from imaging import gpu as gpu_decode
-    from runtime import Version
+    from alexnet_server import imaging
+    from alexnet_server.imaging import gpu as gpu_decode
+    from alexnet_server.runtime import Version
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     report["env"] = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__, "device": device,
@@ -314,7 +314,7 @@ def check(args, report: dict, t0: float) -> int:
     report["stage"] = "train"
     run = args.work / "run"
     shutil.rmtree(run, ignore_errors=True)
-    cmd = [sys.executable, "-m", "train", "--data", str(args.bundle / "fmnist"), "--out", str(run), "--preset", "demo",
+    cmd = [sys.executable, "-m", "alexnet_server.train", "--data", str(args.bundle / "fmnist"), "--out", str(run), "--preset", "demo",
            "--epochs", str(epochs), "--train-limit", str(limit), "--val-limit", "1000" if not args.quick else "64",
            "--stats-images", "4000" if not args.quick else "128", "--workers", str(workers), "--device", device]  # fmt: skip
     if device == "cuda":
@@ -338,7 +338,7 @@ def check(args, report: dict, t0: float) -> int:
     served = args.work / "served"
     shutil.rmtree(served, ignore_errors=True)
     try:
-        exp = subprocess.run([sys.executable, "-m", "export", str(run / "checkpoint.pt"), "--repository", str(served), "--formats", "torchscript",
+        exp = subprocess.run([sys.executable, "-m", "alexnet_server.export", str(run / "checkpoint.pt"), "--repository", str(served), "--formats", "torchscript",
                               "--check-images", str(args.bundle / "photos")],
                              capture_output=True, text=True, cwd=ROOT, env=stage_env, timeout=EXPORT_TIMEOUT_S)  # fmt: skip
     except subprocess.TimeoutExpired:
@@ -352,7 +352,7 @@ def check(args, report: dict, t0: float) -> int:
     report["stage"] = "reference"
     from PIL import Image
 
-    from train import data
+    from alexnet_server.train import data
 
     test = data.open_split(str(args.bundle / "fmnist"), "val")
     idx = np.random.default_rng(1).permutation(len(test))[:n_test]
@@ -400,7 +400,7 @@ def check(args, report: dict, t0: float) -> int:
     # The GPU machine may have no nginx (nothing can be installed there): then Triton alone on loopback.
     front = "nginx" if shutil.which("nginx") or Path("/usr/sbin/nginx").is_file() else "none"
     launched = time.perf_counter()
-    serve = subprocess.Popen([str(paths["stub_python"]), "-m", "server", "--repository", str(served), "--config", "pytorch",
+    serve = subprocess.Popen([str(paths["stub_python"]), "-m", "alexnet_server.server", "--repository", str(served), "--config", "pytorch",
                               "--http-port", str(HTTP_PORT), "--grpc-port", str(HTTP_PORT + 1), "--metrics-port", str(HTTP_PORT + 2),
                               "--health-interval", "0", "--ready-timeout", str(READY_TIMEOUT_S), "--log-file", str(args.out / "triton.log"),
                               "--front", front],
@@ -507,8 +507,8 @@ def benchmarks(report: dict, args, version, device: str, jpegs: list[bytes]) -> 
     import numpy as np
     import torch
 
-    import imaging
-    from imaging import gpu as gpu_decode
+    from alexnet_server import imaging
+    from alexnet_server.imaging import gpu as gpu_decode
 
     bench: dict = {}
     batch = 8 if args.quick else 64

@@ -1,5 +1,5 @@
 import sys
 
-from server.cli import cli
+from alexnet_server.server.cli import cli
 
 sys.exit(cli())

@@ -30,11 +30,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from contract import gpu, layout, security
-from server import front, health, triton
-from server.config_choice import CONFIGS, check_repository, choose_config
-from server.process import Process, wait_ready
-from server.triton import ServeError
+from alexnet_server.contract import gpu, layout, security
+from alexnet_server.server import front, health, triton
+from alexnet_server.server.config_choice import CONFIGS, check_repository, choose_config
+from alexnet_server.server.process import Process, wait_ready
+from alexnet_server.server.triton import ServeError
 
 ADMIN_KEY_FILE_ENV = "ALEXNET_ADMIN_KEY_FILE"
 

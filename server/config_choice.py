@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from contract import MODEL, cpu, gpu, layout
-from runtime import RecordError, Version, served_configs
-from server.triton import ServeError
+from alexnet_server.contract import MODEL, cpu, gpu, layout
+from alexnet_server.runtime import RecordError, Version, served_configs
+from alexnet_server.server.triton import ServeError
 
 CONFIGS = served_configs()  # alexnet's variants, as the template's pbtxt files describe them
 

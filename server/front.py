@@ -29,7 +29,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from contract.security import MAX_IMAGE_BYTES, MAX_REQUEST_BYTES
+from alexnet_server.contract.security import MAX_IMAGE_BYTES, MAX_REQUEST_BYTES
 
 # The HTTP/REST paths clients may use (KServe v2; Triton's model config and statistics
 # extensions).  /v2/repository, /v2/logging, /v2/trace, /v2/systemsharedmemory,

@@ -6,7 +6,7 @@ server looks ready.  Only a request through the whole ensemble (preprocess -> al
 it.  ``alexnet-serve`` runs this check on an interval and restarts Triton when it fails; the
 Kubernetes Deployment's liveness probe runs the same check:
 
-    python -m server.health --url 127.0.0.1:8000      # exit 0 healthy; 1 with one line saying why
+    python -m alexnet_server.server.health --url 127.0.0.1:8000      # exit 0 healthy; 1 with one line saying why
 
 Through the front of a server beyond loopback it carries the token and trusts the CA given by
 ``ALEXNET_TOKEN_FILE`` / ``ALEXNET_CA`` (or --token-file / --ca), as every client does.
@@ -24,8 +24,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from contract import ENSEMBLE, IMAGE_BYTES, PROBS, security
-from contract.security import Credentials
+from alexnet_server.contract import ENSEMBLE, IMAGE_BYTES, PROBS, security
+from alexnet_server.contract.security import Credentials
 
 
 # Triton's queue policy (max_queue_size, REJECT on timeout): a server under a flood answers the
@@ -87,7 +87,7 @@ def check(url: str, timeout: float = 60.0, credentials: Credentials = Credential
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.health", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m alexnet_server.server.health", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="127.0.0.1:8000", help="Triton's HTTP address")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer")
     parser.add_argument("--token-file", help=f"file holding the bearer token (default: ${security.TOKEN_FILE_ENV}, else ${security.TOKEN_ENV})")

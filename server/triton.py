@@ -17,8 +17,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contract import MODEL
-from contract.layout import PROJECT_ROOT
+from alexnet_server.contract import MODEL
+from alexnet_server.contract.layout import IMPORT_ROOT
 
 EXIT_TIMEOUT_S = 3  # seconds Triton gives requests in flight on stop (alexnet-serve --drain-timeout)
 
@@ -93,7 +93,7 @@ def environment(triton: Triton) -> dict[str, str]:
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])
     env["VIRTUAL_ENV"] = sys.prefix
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(IMPORT_ROOT), env.get("PYTHONPATH", "")) if p)
     env.update(triton.env)
     return env
 

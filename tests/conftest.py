@@ -113,7 +113,7 @@ def make_image_folder(root: Path, classes: int = 3, per_class: int = 4, seed: in
 @pytest.fixture(scope="session")
 def served_repository(tmp_path_factory) -> Path:
     """A repository exported from a small 3-class checkpoint: what the server tests serve."""
-    from export import cli as export_cli
+    from alexnet_server.export import cli as export_cli
     from tests.helpers import small_checkpoint
 
     folder = tmp_path_factory.mktemp("served")

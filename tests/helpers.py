@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from train import checkpoint
-from train.model import alexnet
-from train.recipe import resolve
+from alexnet_server.train import checkpoint
+from alexnet_server.train.model import alexnet
+from alexnet_server.train.recipe import resolve
 
 
 def small_checkpoint(path: Path, num_classes: int = 3, seed: int = 0, classes: list[str] | None = None) -> Path:
@@ -39,7 +39,7 @@ def varied_checkpoint(path: Path, images: np.ndarray, num_classes: int = 10, spr
     scaling it to ``spread`` standard deviations leaves only the image-dependent part, which
     is what tests of quantization need to see a broken calibration flip predictions.
     """
-    from export.source import from_checkpoint
+    from alexnet_server.export.source import from_checkpoint
 
     small_checkpoint(path, num_classes=num_classes)
     state = checkpoint.load(path)
@@ -71,7 +71,7 @@ def run_module(module: str, *args: str, timeout: int = 900, env: dict | None = N
 
 
 def run_export(*args: str, timeout: int = 900):
-    return run_module("export", *args, timeout=timeout)
+    return run_module("alexnet_server.export", *args, timeout=timeout)
 
 
 def encode(img, fmt: str, **kwargs) -> bytes:

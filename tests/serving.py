@@ -75,7 +75,7 @@ def start(repository: Path, log: Path, config: str = "cpu-f32", timeout: float =
 
     http_port, grpc_port, metrics_port = free_ports(3)
     cmd = [
-        *wrap, sys.executable, "-m", "server", "--repository", str(repository), "--config", config,
+        *wrap, sys.executable, "-m", "alexnet_server.server", "--repository", str(repository), "--config", config,
         "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
         "--log-file", str(log),
         # No health-check requests unless a test asks (they would show in the tests' statistics).

@@ -18,9 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-import imaging
-from clients import Classifier, ClassifierError
-from export.source import from_checkpoint
+from alexnet_server import imaging
+from alexnet_server.clients import Classifier, ClassifierError
+from alexnet_server.export.source import from_checkpoint
 from tests import serving
 from tests.conftest import ROOT
 
@@ -95,19 +95,19 @@ def test_classifier_unreachable_server():
 
 
 def test_classify_cli(triton_server, photo_path, expected_top, tmp_path):
-    proc = run("clients", str(photo_path), "--url", triton_server.grpc_url, "--topk", "2")
+    proc = run("alexnet_server.clients", str(photo_path), "--url", triton_server.grpc_url, "--topk", "2")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"{photo_path}: {expected_top(photo_path.read_bytes())[0]} ")
     bad = tmp_path / "bad.jpg"
     bad.write_text("nope")
-    proc = run("clients", str(photo_path), str(bad), "--url", triton_server.http_url, "--protocol", "http", "--json")
+    proc = run("alexnet_server.clients", str(photo_path), str(bad), "--url", triton_server.http_url, "--protocol", "http", "--json")
     assert proc.returncode == 1
     rows = json.loads(proc.stdout)
     assert rows[0]["top"][0]["label"] in LABELS and "image refused" in rows[1]["error"]
-    proc = run("clients", str(photo_path), "--url", f"127.0.0.1:{serving.free_ports(1)[0]}")
+    proc = run("alexnet_server.clients", str(photo_path), "--url", f"127.0.0.1:{serving.free_ports(1)[0]}")
     assert proc.returncode == 2 and "is not available at 127.0.0.1" in proc.stderr and "Traceback" not in proc.stderr
     # An image decoded here (--model alexnet) whose metadata is over Pillow's limit: one line, no traceback.
-    proc = run("clients", str(ztxt_png(tmp_path / "ztxt.png")), "--url", triton_server.grpc_url, "--model", "alexnet")
+    proc = run("alexnet_server.clients", str(ztxt_png(tmp_path / "ztxt.png")), "--url", triton_server.grpc_url, "--model", "alexnet")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.count("ztxt.png") == 1 and "metadata too large" in proc.stderr, proc.stderr
 
@@ -136,7 +136,7 @@ def read_rows(path: Path) -> list[dict]:
 def test_label_folder(triton_server, photo_path, expected_top, tmp_path, suffix):
     root, images = make_folder(tmp_path / "photos", photo_path)
     out = tmp_path / f"labels{suffix}"
-    proc = run("clients.label", str(root), "--recursive", "--out", str(out), "--url", triton_server.grpc_url, "--concurrency", "4", "--topk", "2")
+    proc = run("alexnet_server.clients.label", str(root), "--recursive", "--out", str(out), "--url", triton_server.grpc_url, "--concurrency", "4", "--topk", "2")
     assert proc.returncode == 1, f"a corrupt image means exit 1\n{proc.stderr[-2000:]}"
     rows = read_rows(out)
     by_path = {r["path"]: r for r in rows}
@@ -152,14 +152,14 @@ def test_label_folder(triton_server, photo_path, expected_top, tmp_path, suffix)
     assert proc.stderr.count("broken.jpg") == 1, "the path is said once"
 
     # --resume retries the failed rows (they fail again: replaced, not duplicated) and skips the rest
-    proc = run("clients.label", str(root), "--recursive", "--out", str(out), "--url", triton_server.grpc_url, "--resume")
+    proc = run("alexnet_server.clients.label", str(root), "--recursive", "--out", str(out), "--url", triton_server.grpc_url, "--resume")
     assert proc.returncode == 1, proc.stderr[-2000:]
     again = read_rows(out)
     assert sorted(r["path"] for r in again) == sorted(by_path), "one row per image after the retry"
     assert "0 labelled, 2 failed" in proc.stderr and f"{len(images)} already in" in proc.stderr
     # --keep-failed leaves them and says so, exit 1
     before = out.read_bytes()
-    proc = run("clients.label", str(root), "--recursive", "--out", str(out), "--url", triton_server.grpc_url, "--resume", "--keep-failed")
+    proc = run("alexnet_server.clients.label", str(root), "--recursive", "--out", str(out), "--url", triton_server.grpc_url, "--resume", "--keep-failed")
     assert proc.returncode == 1 and "2 failed rows kept (not retried" in proc.stderr, proc.stderr[-2000:]
     assert out.read_bytes() == before
 
@@ -175,10 +175,10 @@ def test_label_resume_finishes_the_job(triton_server, photo_path, tmp_path):
     for path in paths[2:]:
         path.write_bytes(data[:200])  # cut short: the server refuses them
     out = tmp_path / "labels.csv"
-    assert run("clients.label", str(root), "--out", str(out), "--url", triton_server.grpc_url).returncode == 1
+    assert run("alexnet_server.clients.label", str(root), "--out", str(out), "--url", triton_server.grpc_url).returncode == 1
     for path in paths[2:]:
         path.write_bytes(data)  # repaired
-    proc = run("clients.label", str(root), "--out", str(out), "--url", triton_server.grpc_url, "--resume")
+    proc = run("alexnet_server.clients.label", str(root), "--out", str(out), "--url", triton_server.grpc_url, "--resume")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "2 labelled, 0 failed" in proc.stderr and "2 already in" in proc.stderr
     rows = read_rows(out)
@@ -209,7 +209,7 @@ def _as_nobody(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
 @functools.cache
 def _nobody_cannot_run() -> str | None:
     """Why the user nobody cannot run this checkout's alexnet-label (None when it can)."""
-    probe = _as_nobody("-c", "import clients.label")
+    probe = _as_nobody("-c", "import alexnet_server.clients.label")
     if probe.returncode == 0:
         return None
     closed = next((str(p) for p in (ROOT, *ROOT.parents) if not os.stat(p).st_mode & 0o001), None)
@@ -223,10 +223,10 @@ def label_as_user(*args: str) -> subprocess.CompletedProcess:
     permissions would not show), else as ourselves.  Skips, saying why, where nobody cannot
     reach the checkout."""
     if os.geteuid() != 0:
-        return run("clients.label", *args)
+        return run("alexnet_server.clients.label", *args)
     if why := _nobody_cannot_run():
         pytest.skip(why)
-    return _as_nobody("-m", "clients.label", *args)
+    return _as_nobody("-m", "alexnet_server.clients.label", *args)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
@@ -289,13 +289,13 @@ def test_label_unreadable_file_gets_a_row(triton_server, photo_path, open_dir):
 
 
 def test_label_usage_errors(triton_server, tmp_path):
-    proc = run("clients.label", str(tmp_path / "missing"), "--out", str(tmp_path / "o.csv"))
+    proc = run("alexnet_server.clients.label", str(tmp_path / "missing"), "--out", str(tmp_path / "o.csv"))
     assert proc.returncode == 2 and "is not a folder" in proc.stderr
     (tmp_path / "d").mkdir()
     (tmp_path / "o.csv").write_text("path,labels,scores,error\n")
-    proc = run("clients.label", str(tmp_path / "d"), "--out", str(tmp_path / "o.csv"), "--url", triton_server.grpc_url)
+    proc = run("alexnet_server.clients.label", str(tmp_path / "d"), "--out", str(tmp_path / "o.csv"), "--url", triton_server.grpc_url)
     assert proc.returncode == 2 and "--resume" in proc.stderr
-    proc = run("clients.label", str(tmp_path / "d"), "--out", str(tmp_path / "n.csv"), "--url", f"127.0.0.1:{serving.free_ports(1)[0]}", "--retry-timeout", "2")
+    proc = run("alexnet_server.clients.label", str(tmp_path / "d"), "--out", str(tmp_path / "n.csv"), "--url", f"127.0.0.1:{serving.free_ports(1)[0]}", "--retry-timeout", "2")
     assert proc.returncode == 2 and "no answer" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -308,7 +308,7 @@ def test_label_survives_a_server_restart(served_repository, photo_path, tmp_path
     http, grpc, metrics = serving.free_ports(3)
 
     def start():
-        cmd = [sys.executable, "-m", "server", "--repository", str(served_repository), "--config", "cpu",
+        cmd = [sys.executable, "-m", "alexnet_server.server", "--repository", str(served_repository), "--config", "cpu",
                "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]  # fmt: skip
         return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -321,7 +321,7 @@ def test_label_survives_a_server_restart(served_repository, photo_path, tmp_path
     server = start()
     wait_ready(server)
     out = tmp_path / "labels.jsonl"
-    label = subprocess.Popen([sys.executable, "-m", "clients.label", str(root), "--recursive", "--out", str(out),
+    label = subprocess.Popen([sys.executable, "-m", "alexnet_server.clients.label", str(root), "--recursive", "--out", str(out),
                               "--url", f"127.0.0.1:{grpc}", "--concurrency", "1", "--retry-timeout", "240", "--no-progress"],
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
@@ -351,7 +351,7 @@ def test_label_survives_a_server_restart(served_repository, photo_path, tmp_path
 
 def test_bench_numbers_and_files(triton_server, tmp_path):
     out = tmp_path / "bench"
-    proc = run("clients.bench", "--url", triton_server.grpc_url, "--concurrency", "1,4", "--duration", "3", "--warmup", "1",
+    proc = run("alexnet_server.clients.bench", "--url", triton_server.grpc_url, "--concurrency", "1,4", "--duration", "3", "--warmup", "1",
                "--inprocess", "--repository", str(triton_server.repository), "--out", str(out))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out / "results.json").read_text())
@@ -380,7 +380,7 @@ def test_bench_finds_images_wherever_they_sort_and_skips_broken_ones(triton_serv
     (folder / "deep" / "er" / "zz.jpg").write_bytes(photo_path.read_bytes())
     png = encode_png(photo_path)
     (folder / "broken.png").write_bytes(png[: len(png) // 2])
-    proc = run("clients.bench", "--url", triton_server.grpc_url, "--images", str(folder), "--concurrency", "1", "--duration", "1",
+    proc = run("alexnet_server.clients.bench", "--url", triton_server.grpc_url, "--images", str(folder), "--concurrency", "1", "--duration", "1",
                "--warmup", "0", "--out", str(tmp_path / "b"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "skipping" in proc.stderr and "broken.png" in proc.stderr and "Traceback" not in proc.stderr
@@ -396,7 +396,7 @@ def encode_png(photo_path: Path) -> bytes:
 
 
 def test_bench_measures_only_its_server(triton_server):
-    from clients.load import ServerMemory
+    from alexnet_server.clients.load import ServerMemory
 
     memory = ServerMemory(triton_server.grpc_url)
     triton = [pid for pid in serving.descendants(triton_server.proc.pid) if Path(f"/proc/{pid}/comm").read_text().startswith("tritonserver")]
@@ -415,7 +415,7 @@ def test_bench_exits_non_zero_when_requests_fail(served_repository, photo_path, 
     config.write_text(re.sub(r'(key: "max_pixels"\s*value: \{ string_value: ")\d+', r"\g<1>100", config.read_text()))
     server = serving.start(repo, tmp_path / "triton.log")
     try:
-        proc = run("clients.bench", "--url", server.grpc_url, "--concurrency", "1", "--duration", "1", "--warmup", "0", "--out", str(tmp_path / "b"))
+        proc = run("alexnet_server.clients.bench", "--url", server.grpc_url, "--concurrency", "1", "--duration", "1", "--warmup", "0", "--out", str(tmp_path / "b"))
     finally:
         server.stop()
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -424,7 +424,7 @@ def test_bench_exits_non_zero_when_requests_fail(served_repository, photo_path, 
 
 def test_bench_loadgen_singlestream(triton_server, tmp_path):
     out = tmp_path / "lg"
-    proc = run("clients.bench", "--url", triton_server.grpc_url, "--scenario", "singlestream", "--duration", "3", "--out", str(out))
+    proc = run("alexnet_server.clients.bench", "--url", triton_server.grpc_url, "--scenario", "singlestream", "--duration", "3", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = (out / "mlperf_log_summary.txt").read_text()
     assert "SingleStream" in summary and ("Result is : VALID" in summary or "Result is : INVALID" in summary)
@@ -442,7 +442,7 @@ def test_error_kinds_come_from_status_codes(status, kind):
     """Whether a failure is retried is decided by the code each protocol reports, not by the message."""
     from tritonclient.utils import InferenceServerException
 
-    from clients.protocol import _translate
+    from alexnet_server.clients.protocol import _translate
 
     error = _translate(InferenceServerException("a message that says nothing useful", status=status), "127.0.0.1:8001", "classify")
     assert error.kind == kind, (status, error.kind)
@@ -451,7 +451,7 @@ def test_error_kinds_come_from_status_codes(status, kind):
 def test_bench_open_loop_counts_accepted_and_refused(triton_server, tmp_path):
     """--arrival-rates: requests on a schedule whatever the answers; a line per rate, JSON with the rate."""
     out = tmp_path / "open"
-    proc = run("clients.bench", "--url", triton_server.grpc_url, "--arrival-rates", "4", "--duration", "3", "--warmup", "0", "--out", str(out))
+    proc = run("alexnet_server.clients.bench", "--url", triton_server.grpc_url, "--arrival-rates", "4", "--duration", "3", "--warmup", "0", "--out", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "4/s accepted" in proc.stdout and "refused 0" in proc.stdout, proc.stdout
     (level,) = json.loads((out / "results.json").read_text())["levels"]

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from contract import gpu
-from runtime import ExportRecord
-from server.config_choice import choose_config
-from server.triton import ServeError
-from contract.layout import TEMPLATE
+from alexnet_server.contract import gpu
+from alexnet_server.runtime import ExportRecord
+from alexnet_server.server.config_choice import choose_config
+from alexnet_server.server.triton import ServeError
+from alexnet_server.contract.layout import TEMPLATE
 
 ROOT_TEMPLATE = TEMPLATE / "alexnet"
 
@@ -81,7 +81,7 @@ def _parsed(name: str):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from contract import layout
+    from alexnet_server.contract import layout
 
     return text_format.Parse((layout.TEMPLATE / "alexnet" / "configs" / f"{name}.pbtxt").read_text(), model_config_pb2.ModelConfig())
 
@@ -108,8 +108,8 @@ def test_cpu_variants_are_the_cpu_config_but_for_what_they_fix(variant, differs)
 
 def test_serve_configs_come_from_the_template():
     """alexnet-serve's --config choices and what each needs are read from the pbtxt files: no second list."""
-    from runtime import served_configs
-    from server.config_choice import CONFIGS
+    from alexnet_server.runtime import served_configs
+    from alexnet_server.server.config_choice import CONFIGS
 
     on_disk = {p.stem for p in (ROOT_TEMPLATE / "configs").glob("*.pbtxt")} | {"tensorrt"}
     assert set(CONFIGS) == on_disk == set(served_configs())

@@ -12,9 +12,9 @@ import onnx
 import pytest
 from PIL import Image
 
-import imaging
-from runtime import RuntimeUnavailable, Version, engines, precision as policy
-from export import check, quantize
+from alexnet_server import imaging
+from alexnet_server.runtime import RuntimeUnavailable, Version, engines, precision as policy
+from alexnet_server.export import check, quantize
 from tests import serving
 from tests.helpers import run_export, small_checkpoint, snapshot, varied_checkpoint
 
@@ -137,7 +137,7 @@ def test_broken_calibration_is_rejected(varied_ckpt, tmp_path):
 
 def test_real_calibration_beats_black(varied_ckpt, tmp_path, calibration_folder):
     """The same model through the library: real photographs calibrate far better than black images."""
-    from export import onnx_graph, source
+    from alexnet_server.export import onnx_graph, source
 
     fp32 = tmp_path / "model.onnx"
     onnx_graph.write(source.from_checkpoint(varied_ckpt).classifier(10), fp32, 10, {})
@@ -199,7 +199,7 @@ def test_the_cpu_flags_order_the_candidates(flags, allowed, expected):
 
 
 def _write_record(folder: Path, **sections) -> Version:
-    from runtime import ExportRecord
+    from alexnet_server.runtime import ExportRecord
 
     ExportRecord(arch="paper", crops=10, classes=3, source="test", exported="2026-12-01T00:00:00+00:00", **sections).write(folder)
     return Version(folder)
@@ -215,7 +215,7 @@ def test_a_precision_the_gate_did_not_pass_is_refused(tmp_path):
 
 def _cpu(name: str, flags: set[str], cores: int = 2) -> dict:
     """A cpu.describe() record."""
-    from contract import cpu
+    from alexnet_server.contract import cpu
 
     return {"model": name, "machine": "x86_64", "cores": cores, "flags": {f: f in flags for f in cpu.FLAGS_THAT_MATTER}}
 
@@ -294,7 +294,7 @@ AGAINST_FP32 = {"f32": 1e-4, "bf16": 2e-2, "int8": 1e-1}
 def test_each_cpu_config_served_equals_its_in_process_run(int8_export, tmp_path, config):
     import tritonclient.grpc as grpcclient
 
-    from contract import cpu
+    from alexnet_server.contract import cpu
 
     _, repo, proc = int8_export
     assert proc.returncode == 0, proc.stderr[-2000:]

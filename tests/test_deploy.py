@@ -191,7 +191,7 @@ def test_serves_on_a_read_only_root_filesystem(served_repository, photo_path, tm
     assert Path(tempfile.gettempdir()) == Path("/tmp") and tmp_path.is_relative_to("/tmp"), "the test's files must be in the /tmp emptyDir"
     server = serving.start(served_repository, tmp_path / "triton.log", wrap=_read_only_root_wrapper(writable))
     try:
-        from clients import Classifier
+        from alexnet_server.clients import Classifier
 
         with Classifier(server.http_url, protocol="http") as clf:
             ((label, probability), *_) = clf.classify([photo_path.read_bytes()], topk=1)[0]

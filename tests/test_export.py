@@ -12,14 +12,14 @@ import onnx
 import pytest
 import torch
 
-import imaging
-from contract import layout
-from runtime import engines
-from export import check, cli as export_cli, tensorrt_engine
+from alexnet_server import imaging
+from alexnet_server.contract import layout
+from alexnet_server.runtime import engines
+from alexnet_server.export import check, cli as export_cli, tensorrt_engine
 from tests.conftest import make_image_folder
 from tests.helpers import run_export, run_module, small_checkpoint, snapshot
-from train import checkpoint, data, engine
-from train.model import CropAverage, normalisation
+from alexnet_server.train import checkpoint, data, engine
+from alexnet_server.train.model import CropAverage, normalisation
 
 # Tests gate on the sample photographs alone, whether or not Fashion-MNIST is installed here.
 NO_DATA = ("--calibration", "/nonexistent", "--gate-images", "0")
@@ -144,7 +144,7 @@ def test_round_trip_equals_train_evaluation(exported, ckpt_path, tmp_path):
     root = make_image_folder(tmp_path / "imgs", classes=3, per_class=4, seed=5)
     val = data.open_split(str(root), "val")
     loader = data.make_loader(val, 4, list(range(len(val))), 0, False)
-    from train import distributed
+    from alexnet_server.train import distributed
     import contextlib
 
     ours = engine.evaluate(_reference(ckpt_path), loader, distributed.Context(), contextlib.nullcontext, desc="eval")
@@ -240,7 +240,7 @@ def test_bad_sources(kind, ckpt_path, populated_repo, tmp_path):
     elif kind == "foreign":
         bad.write_bytes(b"GIF89a definitely not a checkpoint")
     elif kind == "wrong-arch-weights":
-        from train.model import alexnet
+        from alexnet_server.train.model import alexnet
 
         torch.save(alexnet("paper", 1000).state_dict(), bad)
         args = ["--torchvision-weights", str(bad)]
@@ -260,7 +260,7 @@ def test_template_is_never_written(ckpt_path, tmp_path):
     and exporting into it is refused."""
     before = snapshot(layout.TEMPLATE)
     served = tmp_path / "served"
-    proc = run_module("export", str(ckpt_path), "--crops", "1", *NO_DATA, env={layout.REPOSITORY_ENV: str(served)})
+    proc = run_module("alexnet_server.export", str(ckpt_path), "--crops", "1", *NO_DATA, env={layout.REPOSITORY_ENV: str(served)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (served / "alexnet" / "1" / "model.onnx").is_file(), "$ALEXNET_REPOSITORY is the default --repository"
     line = _one_line_error(run_export(str(ckpt_path), "--repository", str(layout.TEMPLATE), *NO_DATA))
@@ -310,7 +310,7 @@ def test_served_config_follows_the_plans_batch_limit(populated_repo):
     """ALEXNET_MAX_BATCH below 64: Triton refuses a config promising more than the engine's profile."""
     import re
 
-    from export import repository
+    from alexnet_server.export import repository
 
     version = populated_repo / "alexnet" / "1"
     (version / "model.plan").write_bytes(b"an engine")
@@ -359,7 +359,7 @@ def test_exported_lrn_equals_pytorchs(size, beta):
     """The banded-convolution LRN written into the ONNX graph computes PyTorch's LRN exactly."""
     from torch import nn
 
-    from export.lrn import ChannelWindowLRN
+    from alexnet_server.export.lrn import ChannelWindowLRN
 
     torch.manual_seed(0)
     x = torch.relu(torch.randn(2, 12, 9, 9, dtype=torch.float64) * 40)

@@ -61,8 +61,8 @@ class Bystander:
     """Another client classifying back to back while an attack runs: every request must succeed."""
 
     def __init__(self, url: str, protocol: str, image: bytes) -> None:
-        from clients import Classifier
-        from contract.security import Credentials
+        from alexnet_server.clients import Classifier
+        from alexnet_server.contract.security import Credentials
 
         self.clf = Classifier(url, protocol, credentials=Credentials(token=TOKEN))
         self.image, self.done, self.errors = image, 0, []
@@ -144,25 +144,25 @@ def test_callers_need_the_token(guarded, photo_path, token_file):
     assert attacks.http_call("127.0.0.1", guarded.metrics_port, "GET", "/metrics", token=TOKEN)[0] == 200
     for protocol in ("grpc", "http"):
         url = guarded.url(protocol)
-        bare = _run("clients", str(photo_path), "--url", url, "--protocol", protocol, env={"ALEXNET_TOKEN_FILE": "", "ALEXNET_TOKEN": ""})
+        bare = _run("alexnet_server.clients", str(photo_path), "--url", url, "--protocol", protocol, env={"ALEXNET_TOKEN_FILE": "", "ALEXNET_TOKEN": ""})
         lines = bare.stderr.strip().splitlines()
         assert bare.returncode == 2 and len(lines) == 1 and "missing or wrong bearer token" in lines[0], (protocol, bare.stderr)
         _no_leaks(bare.stderr.replace(str(photo_path), ""))
-        good = _run("clients", str(photo_path), "--url", url, "--protocol", protocol, "--token-file", str(token_file))
+        good = _run("alexnet_server.clients", str(photo_path), "--url", url, "--protocol", protocol, "--token-file", str(token_file))
         assert good.returncode == 0 and ": cat" in good.stdout, good.stdout + good.stderr
-        from_env = _run("clients", str(photo_path), "--url", url, "--protocol", protocol, env={"ALEXNET_TOKEN": TOKEN})
+        from_env = _run("alexnet_server.clients", str(photo_path), "--url", url, "--protocol", protocol, env={"ALEXNET_TOKEN": TOKEN})
         assert from_env.returncode == 0, from_env.stderr
-    label = _run("clients.label", str(photo_path.parent), "--out", str(token_file.parent / "l.csv"), "--url", guarded.grpc_url, "--no-progress",
+    label = _run("alexnet_server.clients.label", str(photo_path.parent), "--out", str(token_file.parent / "l.csv"), "--url", guarded.grpc_url, "--no-progress",
                  env={"ALEXNET_TOKEN_FILE": "", "ALEXNET_TOKEN": ""})  # fmt: skip
     assert label.returncode == 2 and "bearer token" in label.stderr and "Traceback" not in label.stderr, label.stderr
-    health = _run("server.health", "--url", guarded.http_url, env={"ALEXNET_TOKEN_FILE": str(token_file)})
+    health = _run("alexnet_server.server.health", "--url", guarded.http_url, env={"ALEXNET_TOKEN_FILE": str(token_file)})
     assert health.returncode == 0, health.stderr
 
 
 def test_answers_name_the_problem_and_nothing_internal(guarded):
     """A body over the cap, malformed JSON in one-byte chunks, an unknown path: each answer is one
     JSON line naming the problem, with no paths, region names, versions or tracebacks."""
-    from contract.security import MAX_REQUEST_BYTES
+    from alexnet_server.contract.security import MAX_REQUEST_BYTES
 
     status, text = attacks.http_call("127.0.0.1", guarded.http_port, "POST", "/v2/models/classify/infer", token=TOKEN, body=bytes(MAX_REQUEST_BYTES + 1))
     assert status == 413 and "request body larger than" in text, text[:300]
@@ -178,7 +178,7 @@ def test_answers_name_the_problem_and_nothing_internal(guarded):
 
 def test_slow_clients_are_cut_off(guarded):
     """Half a request line, then silence: the front closes the connection after its header timeout (10 s)."""
-    from server import front
+    from alexnet_server.server import front
 
     started = time.monotonic()
     assert attacks.slow_headers("127.0.0.1", guarded.http_port, front.CLIENT_HEADER_TIMEOUT_S + 20), "the connection stayed open"
@@ -192,7 +192,7 @@ def test_a_flood_is_refused_not_queued(guarded, photo_path):
     ones are answered, the server's memory stays bounded, and a request after the flood succeeds."""
     import tritonclient.grpc as grpcclient
 
-    from clients.load import ServerMemory
+    from alexnet_server.clients.load import ServerMemory
 
     memory = ServerMemory(guarded.grpc_url)
     before = memory.rss_mib()
@@ -233,8 +233,8 @@ def test_a_flood_is_refused_not_queued(guarded, photo_path):
     assert counts["ok"] > 0 and not counts["other"], counts["other"][:3]
     assert peak - before < 3000, f"the server grew by {peak - before:.0f} MiB under the flood"
     assert guarded.triton_pid() == pid and "restarting" not in guarded.log.with_suffix(".out").read_text(), "the flood restarted Triton"
-    from clients import Classifier
-    from contract.security import Credentials
+    from alexnet_server.clients import Classifier
+    from alexnet_server.contract.security import Credentials
 
     with Classifier(guarded.grpc_url, credentials=Credentials(token=TOKEN)) as clf:
         assert clf.classify_one(photo_path.read_bytes()), "a request after the flood"
@@ -250,18 +250,18 @@ def test_a_killed_front_is_restarted(guarded, photo_path, token_file):
     while "the front is back" not in guarded.log.with_suffix(".out").read_text() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert "the front is back" in guarded.log.with_suffix(".out").read_text()
-    proc = _run("clients", str(photo_path), "--url", guarded.grpc_url, "--token-file", str(token_file))
+    proc = _run("alexnet_server.clients", str(photo_path), "--url", guarded.grpc_url, "--token-file", str(token_file))
     assert proc.returncode == 0, proc.stderr
     assert guarded.triton_pid() == pid
 
 
 def test_a_host_beyond_loopback_needs_a_token_and_tls(served_repository):
-    proc = _run("server", "--repository", str(served_repository), "--host", "0.0.0.0", env={"ALEXNET_TOKEN_FILE": "", "ALEXNET_TOKEN": ""}, timeout=60)
+    proc = _run("alexnet_server.server", "--repository", str(served_repository), "--host", "0.0.0.0", env={"ALEXNET_TOKEN_FILE": "", "ALEXNET_TOKEN": ""}, timeout=60)
     assert proc.returncode == 2 and "needs a bearer token" in proc.stderr and "TLS" in proc.stderr and "--insecure" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    proc = _run("server", "--repository", "/nonexistent", "--host", "0.0.0.0", "--insecure", timeout=60)
+    proc = _run("alexnet_server.server", "--repository", "/nonexistent", "--host", "0.0.0.0", "--insecure", timeout=60)
     assert "WARNING" in proc.stderr and "WITHOUT" in proc.stderr, proc.stderr
-    proc = _run("server", "--repository", str(served_repository), "--host", "0.0.0.0", "--front", "none", "--insecure", timeout=60)
+    proc = _run("alexnet_server.server", "--repository", str(served_repository), "--host", "0.0.0.0", "--front", "none", "--insecure", timeout=60)
     assert proc.returncode == 2 and "--front none serves Triton's own ports on a loopback --host" in proc.stderr, proc.stderr
 
 
@@ -309,7 +309,7 @@ def test_exposed_server_in_a_network_namespace(served_repository, namespaces, mo
     out = module_tmp / "exposed.out"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ALEXNET_TOKEN_FILE": str(token_file)}
     server = subprocess.Popen(
-        ["ip", "netns", "exec", srv, sys.executable, "-m", "server", "--repository", str(served_repository), "--config", "cpu-f32",
+        ["ip", "netns", "exec", srv, sys.executable, "-m", "alexnet_server.server", "--repository", str(served_repository), "--config", "cpu-f32",
          "--host", "0.0.0.0", "--tls-cert", str(tls["server.pem"]), "--tls-key", str(tls["server.key"]), "--health-interval", "0",
          "--log-file", str(module_tmp / "exposed.log")],
         cwd=ROOT, env=env, stdout=open(out, "w"), stderr=subprocess.STDOUT,
@@ -336,7 +336,7 @@ def test_exposed_server_in_a_network_namespace(served_repository, namespaces, mo
         for i in range(24):
             shutil.copy(photo_path, folder / f"p{i}.jpg")
         bystander = subprocess.Popen(
-            ["ip", "netns", "exec", cli, sys.executable, "-m", "clients.label", str(folder), "--out", str(module_tmp / "by.csv"), "--url",
+            ["ip", "netns", "exec", cli, sys.executable, "-m", "alexnet_server.clients.label", str(folder), "--out", str(module_tmp / "by.csv"), "--url",
              f"{host}:{grpc_port}", "--concurrency", "2", "--no-progress"],
             cwd=ROOT, env={**env, **creds}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -354,15 +354,15 @@ def test_exposed_server_in_a_network_namespace(served_repository, namespaces, mo
 
         for protocol, port in (("grpc", grpc_port), ("http", http_port)):
             url = f"{host}:{port}"
-            good = in_client("clients", str(photo_path), "--url", url, "--protocol", protocol, extra_env=creds)
+            good = in_client("alexnet_server.clients", str(photo_path), "--url", url, "--protocol", protocol, extra_env=creds)
             assert good.returncode == 0, (protocol, good.stderr)
-            no_token = in_client("clients", str(photo_path), "--url", url, "--protocol", protocol, "--ca", str(tls["ca.pem"]))
+            no_token = in_client("alexnet_server.clients", str(photo_path), "--url", url, "--protocol", protocol, "--ca", str(tls["ca.pem"]))
             assert no_token.returncode == 2 and "bearer token" in no_token.stderr and len(no_token.stderr.strip().splitlines()) == 1, no_token.stderr
-            untrusted = in_client("clients", str(photo_path), "--url", url, "--protocol", protocol, "--token-file", str(token_file), "--ca", str(tls["other-ca.pem"]))
+            untrusted = in_client("alexnet_server.clients", str(photo_path), "--url", url, "--protocol", protocol, "--token-file", str(token_file), "--ca", str(tls["other-ca.pem"]))
             assert untrusted.returncode == 2 and "TLS" in untrusted.stderr and len(untrusted.stderr.strip().splitlines()) == 1, untrusted.stderr
-            plain = in_client("clients", str(photo_path), "--url", url, "--protocol", protocol, "--token-file", str(token_file), timeout=120)
+            plain = in_client("alexnet_server.clients", str(photo_path), "--url", url, "--protocol", protocol, "--token-file", str(token_file), timeout=120)
             assert plain.returncode == 2 and "Traceback" not in plain.stderr and len(plain.stderr.strip().splitlines()) == 1, plain.stderr
-        health = in_client("server.health", "--url", f"{host}:{http_port}", extra_env=creds)
+        health = in_client("alexnet_server.server.health", "--url", f"{host}:{http_port}", extra_env=creds)
         assert health.returncode == 0, health.stderr
         # Triton's own port is on the server's loopback: not reachable from the client's namespace.
         refused = subprocess.run(["ip", "netns", "exec", cli, sys.executable, "-c",

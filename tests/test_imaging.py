@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-import imaging
+from alexnet_server import imaging
 from tests.helpers import encode, png_header_only
 
 
@@ -22,7 +22,7 @@ def gradient(w: int = 300, h: int = 200) -> Image.Image:
 
 
 def test_module_is_torch_free():
-    code = "import sys, imaging; print('torch' in sys.modules)"
+    code = "import sys; from alexnet_server import imaging; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", "importing imaging must not import torch"
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import imaging
-from imaging import gpu
+from alexnet_server import imaging
+from alexnet_server.imaging import gpu
 from tests.helpers import encode
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from train.model import alexnet, count_parameters, local_response_norm
+from alexnet_server.train.model import alexnet, count_parameters, local_response_norm
 
 
 def test_paper_layer_table():

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export import qdq_rewrite
+from alexnet_server.export import qdq_rewrite
 
 
 def _run(model: onnx.ModelProto, feeds: dict) -> np.ndarray:

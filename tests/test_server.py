@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-import imaging
-from export.source import from_checkpoint
+from alexnet_server import imaging
+from alexnet_server.export.source import from_checkpoint
 from tests import serving
 from tests.conftest import ROOT
 from tests.helpers import encode, png_header_only
@@ -219,7 +219,7 @@ def test_metrics_endpoint(triton_server, images):
 
 
 def test_default_host_is_loopback():
-    from server.cli import get_args_parser
+    from alexnet_server.server.cli import get_args_parser
 
     args = get_args_parser().parse_args([])
     assert args.host == "127.0.0.1" and (args.http_port, args.grpc_port, args.metrics_port) == (8000, 8001, 8002)
@@ -229,7 +229,7 @@ def test_default_host_is_loopback():
 
 
 def _serve(repository: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server", "--repository", str(repository), *extra],
+    return subprocess.run([sys.executable, "-m", "alexnet_server.server", "--repository", str(repository), *extra],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
 
 
@@ -273,7 +273,7 @@ def test_pytorch_config_equals_the_onnx_classifier(served_repository, tmp_path, 
     top-5; a bad image in the same batch gets its own error while the others succeed."""
     import tritonclient.grpc as grpcclient
 
-    from runtime import engines
+    from alexnet_server.runtime import engines
 
     version = served_repository / "alexnet" / "1"
     onnx = engines.onnxruntime(version / "model.onnx")
@@ -373,7 +373,7 @@ def test_oversized_requests_leave_the_server_up(triton_server, images):
 
     import tritonclient.grpc as grpcclient
 
-    from contract.security import MAX_IMAGE_BYTES
+    from alexnet_server.contract.security import MAX_IMAGE_BYTES
 
     def post(image: bytes) -> tuple[int, str]:
         conn = http.client.HTTPConnection("127.0.0.1", triton_server.http_port, timeout=120)

@@ -1,12 +1,14 @@
-"""The shape of the project: which stage imports what, and a client install without PyTorch."""
+"""The shape of the project: which stage imports what, a client install without PyTorch, and a non-editable install that runs anywhere."""
 
 from __future__ import annotations
 
 import ast
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -14,13 +16,16 @@ import pytest
 
 from tests.conftest import ROOT
 
+NS = "alexnet_server"  # the one import name; its subpackages are the repository's top-level folders
 PROJECT = {"contract", "imaging", "runtime", "train", "export", "server", "clients"}
 SHARED = {"contract", "imaging", "runtime"}
 
 
 def loaded_after(module: str) -> set[str]:
-    """The top-level packages a fresh interpreter holds after ``import module``."""
-    code = f"import sys, json, {module}; print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    """What a fresh interpreter holds after ``import alexnet_server.<module>``: the project's
+    subpackages by their short names, every other package by its top-level name."""
+    short = f"m.split('.')[1] if m.startswith('{NS}.') else m.split('.')[0]"
+    code = f"import sys, json, {NS}.{module}; print(json.dumps(sorted({{{short} for m in sys.modules}})))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr[-2000:]
     return set(json.loads(out.stdout))
@@ -60,18 +65,23 @@ IMPORTS_ALLOWED = {
 }
 
 
+def _short(module: str) -> str:
+    return module.removeprefix(NS + ".")
+
+
 def imported(paths: list[Path]) -> set[str]:
-    """The project modules the files import, as written ("train.model", "runtime"), from the AST."""
+    """The project modules the files import, by their short names ("train.model", "runtime"), from the AST."""
     names = set()
     for path in paths:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
+                names |= {_short(alias.name) for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module == NS:  # from alexnet_server import imaging
                 names |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                top = node.module.split(".")[0]
-                # "from train import model" names the module train.model; "from runtime import Version" the package
-                names |= {f"{node.module}.{a.name}" if (ROOT / node.module.replace(".", "/") / f"{a.name}.py").is_file() else node.module
-                          for a in node.names} if top in PROJECT else {node.module}  # fmt: skip
+                module = _short(node.module)
+                # "from alexnet_server.train import model" names train.model; "...runtime import Version" the package
+                names |= {f"{module}.{a.name}" if (ROOT / module.replace(".", "/") / f"{a.name}.py").is_file() else module for a in node.names}
     return {n for n in names if n.split(".")[0] in PROJECT}
 
 
@@ -86,7 +96,7 @@ def test_every_import_statement_stays_inside_the_design(package):
 def test_the_import_walk_sees_lazy_imports(tmp_path):
     """A function-level import is found as well as a top-level one (the case the fresh interpreter misses)."""
     module = tmp_path / "m.py"
-    module.write_text("import imaging\n\ndef f():\n    from train import data\n    from export.check import gate\n")
+    module.write_text("from alexnet_server import imaging\n\ndef f():\n    from alexnet_server.train import data\n    from alexnet_server.export.check import gate\n")
     assert imported([module]) == {"imaging", "train.data", "export.check"}
 
 
@@ -97,11 +107,12 @@ def test_no_torch_where_none_is_needed(module):
 
 @pytest.mark.parametrize("path", ["model_repository/alexnet/model.py", "model_repository/preprocess/1/model.py"])
 def test_triton_models_import_only_the_shared_packages(path):
+    project = {n.split(".")[0] for n in imported([ROOT / path])}
+    assert project <= SHARED, f"{path} imports {sorted(project)}"
     tree = ast.parse((ROOT / path).read_text())
-    names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    names |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    assert names & PROJECT <= SHARED, f"{path} imports {sorted(names & PROJECT)}"
-    assert "torch" not in names, f"{path} imports torch at the top (the CPU configs must not load it)"
+    third_party = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    third_party |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert "torch" not in third_party, f"{path} imports torch (the CPU configs must not load it)"
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +147,65 @@ def test_a_client_install_has_no_torch_and_talks_to_the_server(client_venv, trit
                             "--warmup", "0.5", "--out", str(tmp_path / "b")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)  # fmt: skip
     assert bench.returncode == 0, bench.stderr[-2000:]
     assert json.loads((tmp_path / "b" / "results.json").read_text())["levels"][0]["throughput"] > 0
+
+
+@pytest.fixture(scope="module")
+def installed_venv(tmp_path_factory) -> Path:
+    """``pip install --no-deps .`` (not editable) into a venv that sees this venv's packages through a
+    .pth file: the project's own files come from the wheel alone, the dependencies are not fetched."""
+    import sysconfig
+
+    folder = tmp_path_factory.mktemp("installed-venv")
+    venv.create(folder, with_pip=True)
+    python = folder / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True).stdout.strip()
+    visible = [p for p in sys.path if p.endswith("site-packages")] or [sysconfig.get_paths()["purelib"]]
+    (Path(site) / "test-venv-packages.pth").write_text("".join(f"{p}\n" for p in visible))
+    cache = Path.home() / ".cache" / "pip"
+    proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--cache-dir", str(cache), str(ROOT)],
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder
+
+
+def test_a_non_editable_install_exports_serves_and_classifies_outside_the_checkout(installed_venv, tmp_path, photo_path):
+    """From a folder outside the checkout, with nothing of it on the path: the template comes from the
+    installed package, the default served repository is ./served, one import name is added."""
+    from tests import serving
+    from tests.helpers import small_checkpoint
+
+    bin_ = installed_venv / "bin"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "ALEXNET_REPOSITORY")}
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    where = subprocess.run([str(bin_ / "python"), "-c", "import alexnet_server, importlib.util as u; print(alexnet_server.__file__);"
+                            "print([n for n in ('contract', 'imaging', 'runtime', 'train', 'export', 'server', 'clients') if u.find_spec(n)])"],
+                           capture_output=True, text=True, env=env, cwd=work)  # fmt: skip
+    package, generic = where.stdout.splitlines()
+    assert str(installed_venv) in package and str(ROOT) not in package, package
+    assert generic == "[]", f"generic top-level names importable: {generic}"
+    ckpt = small_checkpoint(tmp_path / "small.pt")
+    export = subprocess.run([str(bin_ / "alexnet-export"), str(ckpt), "--calibration", "/nonexistent", "--gate-images", "0"],
+                            capture_output=True, text=True, env=env, cwd=work, timeout=900)  # fmt: skip
+    assert export.returncode == 0, export.stderr[-3000:]
+    assert (work / "served" / "alexnet" / "1" / "model.onnx").is_file() and (work / "served" / "alexnet" / "configs" / "cpu.pbtxt").is_file()
+    ports = serving.free_ports(3)
+    out = tmp_path / "serve.out"
+    serve = subprocess.Popen([str(bin_ / "alexnet-serve"), "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]),
+                              "--health-interval", "0"], env=env, cwd=work, stdout=open(out, "w"), stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while "alexnet-serve: ready." not in out.read_text() and serve.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "alexnet-serve: ready." in out.read_text(), out.read_text()[-3000:]
+        classify = subprocess.run([str(bin_ / "alexnet-classify"), str(photo_path), "--url", f"127.0.0.1:{ports[1]}", "--json"],
+                                  capture_output=True, text=True, env=env, cwd=work, timeout=300)  # fmt: skip
+        assert classify.returncode == 0, classify.stderr[-2000:]
+        assert json.loads(classify.stdout)[0]["top"][0]["label"] in ("cat", "dog", "fish")
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        try:
+            serve.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+    assert serve.returncode == 0, out.read_text()[-2000:]

@@ -12,20 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-import imaging
+from alexnet_server import imaging
 from tests.conftest import ROOT, make_fashion_like, make_image_folder
-from train import checkpoint, data
-from train.model import alexnet
-from train.recipe import Recipe, RecipeError, resolve
-from train.model import CropAverage, normalisation
-from train.transforms import random_crops
+from alexnet_server.train import checkpoint, data
+from alexnet_server.train.model import alexnet
+from alexnet_server.train.recipe import Recipe, RecipeError, resolve
+from alexnet_server.train.model import CropAverage, normalisation
+from alexnet_server.train.transforms import random_crops
 
 FAST = ["--workers", "0", "--batch-size", "16", "--stats-images", "32"]
 
 
 def run_cli(*args: str, cwd: Path = ROOT, env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "train", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "alexnet_server.train", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
@@ -58,7 +58,7 @@ def test_recipe_unknown_and_invalid_settings():
 def test_optimizer_from_the_recipe():
     """The paper's SGD by default; AdamW (fused, momentum as beta1) where the recipe names it.
     A checkpoint's recipe from before the setting existed resolves to SGD."""
-    from train.cli import make_optimizer
+    from alexnet_server.train.cli import make_optimizer
 
     params = [torch.nn.Parameter(torch.zeros(3))]
     sgd = make_optimizer(params, Recipe())
@@ -70,7 +70,7 @@ def test_optimizer_from_the_recipe():
 
 
 def test_every_recipe_field_is_a_flag():
-    from train.cli import get_args_parser
+    from alexnet_server.train.cli import get_args_parser
 
     import dataclasses
 
@@ -222,7 +222,7 @@ def test_resume_equals_uninterrupted(fashion_dir, tmp_path):
     # The paper's plateau schedule: its state does not depend on --epochs, so 1 + 1 epochs equal 2.
     common = ["--data", str(fashion_dir), "--preset", "demo", "--schedule", "plateau", "--train-limit", "32", "--val-limit", "8", "--seed", "3", *FAST]
     straight, split = tmp_path / "straight", tmp_path / "split"
-    from train.cli import cli
+    from alexnet_server.train.cli import cli
 
     assert cli([*common, "--out", str(straight), "--epochs", "2"]) == 0
     assert cli([*common, "--out", str(split), "--epochs", "1"]) == 0
@@ -238,7 +238,7 @@ def test_resume_equals_uninterrupted(fashion_dir, tmp_path):
 def test_onecycle_resume_with_more_epochs_continues(fashion_dir, tmp_path):
     """The demo's one-cycle schedule, extended on resume: it goes on from the step reached (no error)."""
     common = ["--data", str(fashion_dir), "--preset", "demo", "--train-limit", "32", "--val-limit", "8", "--out", str(tmp_path), *FAST]
-    from train.cli import cli
+    from alexnet_server.train.cli import cli
 
     assert cli([*common, "--epochs", "1"]) == 0
     assert cli([*common, "--epochs", "2", "--resume"]) == 0
@@ -250,7 +250,7 @@ def test_onecycle_resume_with_more_epochs_continues(fashion_dir, tmp_path):
 def test_torchrun_two_ranks_end_identical(fashion_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "train",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "alexnet_server.train",
         "--data", str(fashion_dir), "--out", str(tmp_path), "--preset", "demo", "--epochs", "1",
         "--train-limit", "32", "--val-limit", "8", *FAST,
     ]  # fmt: skip
@@ -270,7 +270,7 @@ def test_torchrun_ranks_stay_in_step_when_one_rank_gets_only_unreadable_files(tm
         (root / "train" / "class_0" / name).write_bytes(b"\xff\xd8\xff not a jpeg")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "train",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "alexnet_server.train",
         "--data", str(root), "--out", str(tmp_path / "run"), "--preset", "demo", "--epochs", "1", "--device", "cpu",
         "--workers", "0", "--batch-size", "2", "--stats-images", "8",
     ]  # fmt: skip
@@ -350,7 +350,7 @@ class FakeClock:
 
 
 def test_time_budget_caps_the_steps_from_the_measured_pace():
-    from train.budget import PROBE_STEPS, RECHECK_STEPS, WARMUP_STEPS, TimeBudget
+    from alexnet_server.train.budget import PROBE_STEPS, RECHECK_STEPS, WARMUP_STEPS, TimeBudget
 
     clock = FakeClock()
     budget = TimeBudget(600, planned_steps=1000, batch_size=32, eval_images=500, eval_crops=10, epochs_left=1, started=0.0, clock=clock)
@@ -389,8 +389,8 @@ def test_time_budget_caps_the_steps_from_the_measured_pace():
 def test_training_stops_inside_its_budget_and_anneals_to_the_end(tmp_path):
     """A budget too small for the run: it stops right after the probe steps, and the one-cycle
     schedule, re-sized to the cap, has reached its end on the last step."""
-    from train.budget import PROBE_STEPS, WARMUP_STEPS
-    from train.cli import cli
+    from alexnet_server.train.budget import PROBE_STEPS, WARMUP_STEPS
+    from alexnet_server.train.cli import cli
 
     out = tmp_path / "run"
     data_dir = make_fashion_like(tmp_path / "data", n_train=640, n_val=16)

@@ -1,5 +1,5 @@
 import sys
 
-from train.cli import cli
+from alexnet_server.train.cli import cli
 
 sys.exit(cli())

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from contract import cpu
+from alexnet_server.contract import cpu
 
 
 def amp_active(device: torch.device, enabled: bool) -> bool:

@@ -1,8 +1,8 @@
 """Benchmark: training throughput of the paper arch, synthetic tensors vs the real JPEG pipeline, same run.
 
-    python -m train.bench                        # batch 128, a generated folder of camera-sized JPEGs
-    python -m train.bench --images /data/imagenet --steps 20 --json train-bench.json
-    python -m train.bench --device cuda --amp --channels-last
+    python -m alexnet_server.train.bench                        # batch 128, a generated folder of camera-sized JPEGs
+    python -m alexnet_server.train.bench --images /data/imagenet --steps 20 --json train-bench.json
+    python -m alexnet_server.train.bench --device cuda --amp --channels-last
 
 (a) uint8 batches already in memory; (b) the loader decoding JPEGs from a folder in worker
 processes.  Both then run the same step (augmentation, forward, backward, SGD).  The ratio
@@ -24,15 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import imaging
-from train import accel, data, distributed
-from train.model import alexnet
-from train.model import normalisation
-from train.transforms import random_crops
+from alexnet_server import imaging
+from alexnet_server.train import accel, data, distributed
+from alexnet_server.train.model import alexnet
+from alexnet_server.train.model import normalisation
+from alexnet_server.train.transforms import random_crops
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.split("\n\n")[0], add_help=add_help,
+    parser = argparse.ArgumentParser(prog="python -m alexnet_server.train.bench", description=__doc__.split("\n\n")[0], add_help=add_help,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     parser.add_argument("--images", type=Path, help="an ImageFolder root (DIR/train/<class>/*.jpg); default: generated JPEGs")
     parser.add_argument("--batch-size", type=int, default=128)

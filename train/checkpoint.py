@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-import imaging
-from contract import files
+from alexnet_server import imaging
+from alexnet_server.contract import files
 
 REQUIRED = ("arch", "num_classes", "classes", "state_dict", "mean_image", "pca", "epoch", "recipe", "metrics")
 # The input geometry every checkpoint was trained on: shorter side / centre crop, network crop.
@@ -95,7 +95,7 @@ def load(path: str | Path) -> dict[str, Any]:
 
 def build_model(payload: dict[str, Any]) -> torch.nn.Module:
     """The network of a loaded checkpoint, weights in, eval mode."""
-    from train.model import alexnet
+    from alexnet_server.train.model import alexnet
 
     model = alexnet(payload["arch"], payload["num_classes"], init="torchvision")
     try:
@@ -117,7 +117,7 @@ def served_normalisation(payload: dict[str, Any]) -> tuple[torch.Tensor, torch.T
 
 
 def _derived_normalisation(arch: str, mean_image: Any, recipe: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    from train.model import normalisation
+    from alexnet_server.train.model import normalisation
 
     return normalisation(arch, mean_image, float(recipe.get("input_scale", 1.0)) if arch == "paper" else 1.0)
 
@@ -125,7 +125,7 @@ def _derived_normalisation(arch: str, mean_image: Any, recipe: dict[str, Any]) -
 def classifier(payload: dict[str, Any], crops: int = 10) -> torch.nn.Module:
     """The served procedure of a loaded checkpoint (``train.model.CropAverage``: uint8 IMAGE
     [N,3,256,256] -> PROBS [N,C]), eval mode."""
-    from train.model import CropAverage
+    from alexnet_server.train.model import CropAverage
 
     offset, scale = served_normalisation(payload)
     return CropAverage(build_model(payload), offset, scale, crops).eval()

@@ -1,7 +1,7 @@
 """alexnet-train: train AlexNet with the 2012 recipe, or evaluate a checkpoint.
 
     alexnet-train --data fashion-mnist --preset demo --epochs 2 --train-limit 8000
-    torchrun --nproc-per-node 8 -m train --data /data/imagenet --out runs/paper
+    torchrun --nproc-per-node 8 -m alexnet_server.train --data /data/imagenet --out runs/paper
     alexnet-train --evaluate runs/paper/checkpoint.pt --data /data/imagenet --crops 10
 """
 
@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from torch.utils.data import DistributedSampler, Subset
 
-from train import accel, checkpoint, data, distributed, engine, report
-from train.budget import PROBE_STEPS, WARMUP_STEPS, TimeBudget
-from train.checkpoint import CheckpointError
-from train.data import DataError
-from train.model import CropAverage, alexnet, count_parameters, normalisation
-from train.recipe import PRESETS, Recipe, RecipeError, resolve
-from train.transforms import random_crops
+from alexnet_server.train import accel, checkpoint, data, distributed, engine, report
+from alexnet_server.train.budget import PROBE_STEPS, WARMUP_STEPS, TimeBudget
+from alexnet_server.train.checkpoint import CheckpointError
+from alexnet_server.train.data import DataError
+from alexnet_server.train.model import CropAverage, alexnet, count_parameters, normalisation
+from alexnet_server.train.recipe import PRESETS, Recipe, RecipeError, resolve
+from alexnet_server.train.transforms import random_crops
 
 log = logging.getLogger("alexnet-train")
 CHECKPOINT_NAME = "checkpoint.pt"

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-import imaging
-from contract import files
-from imaging.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, DataError, FashionMNIST, ImageFolder, open_split, subset_indices
+from alexnet_server import imaging
+from alexnet_server.contract import files
+from alexnet_server.imaging.datasets import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, DataError, FashionMNIST, ImageFolder, open_split, subset_indices
 
 __all__ = ["FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "DataError", "FashionMNIST", "ImageFolder", "open_split", "subset_indices",
            "collate", "make_loader", "compute_stats"]  # fmt: skip

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-import imaging
-from train import distributed
-from train.budget import TimeBudget
-from train.model import CropAverage
+from alexnet_server import imaging
+from alexnet_server.train import distributed
+from alexnet_server.train.budget import TimeBudget
+from alexnet_server.train.model import CropAverage
 
 
 @dataclass

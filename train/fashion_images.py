@@ -1,6 +1,6 @@
 """Write Fashion-MNIST test images as PNG files, one folder per class index (00..09).
 
-    python -m train.fashion_images runs/demo/test-images --count 1000
+    python -m alexnet_server.train.fashion_images runs/demo/test-images --count 1000
 
 Class names hold a "/" ("T-shirt/top"), so folders are named by index; labels.txt of
 the exported model maps indices to names.  The sample is the first COUNT of a seeded
@@ -15,11 +15,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from train import data
+from alexnet_server.train import data
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.fashion_images", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m alexnet_server.train.fashion_images", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--data", default="fashion-mnist", help="fashion-mnist or a folder of its IDX files")
     parser.add_argument("--count", type=int, default=1000)

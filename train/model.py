@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-import imaging
-
+from alexnet_server import imaging
 ARCHS = ("paper", "torchvision")
 INITS = ("paper", "kaiming", "torchvision")
 

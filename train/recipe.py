@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from train.model import ARCHS, INITS
+from alexnet_server.train.model import ARCHS, INITS
 
 
 SCHEDULES = ("plateau", "onecycle")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from contract import files
+from alexnet_server.contract import files
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:

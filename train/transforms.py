@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import torch
 
-import imaging
-
-
+from alexnet_server import imaging
 def random_crops(
     images: torch.Tensor,
     offset: torch.Tensor,

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-import contract
-import imaging
-from contract import cpu
-from runtime import RecordError, RuntimeUnavailable, Version
+from alexnet_server import contract
+from alexnet_server import imaging
+from alexnet_server.contract import cpu
+from alexnet_server.runtime import RecordError, RuntimeUnavailable, Version
 
 SHAPE = (3, imaging.SIZE, imaging.SIZE)  # the config's dims say the same, and Triton checks them first
 

@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-import imaging
-from contract import IMAGE, IMAGE_BYTES, gpu
-from contract.security import MAX_IMAGE_BYTES
+from alexnet_server import imaging
+from alexnet_server.contract import IMAGE, IMAGE_BYTES, gpu
+from alexnet_server.contract.security import MAX_IMAGE_BYTES
 
 
 class TritonPythonModel:
@@ -45,7 +45,7 @@ class TritonPythonModel:
             # nvidia-smi first: on a machine without a GPU, torch is never imported here.
             why = "no GPU visible (nvidia-smi)" if not gpu.visible_gpus() else None
             if why is None:
-                from imaging import gpu as gpu_decode
+                from alexnet_server.imaging import gpu as gpu_decode
 
                 why = gpu_decode.unavailable()
                 self.gpu = None if why else gpu_decode
