@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 	  [ "$$free" -ge $(INSTALL_MIN_FREE_GIB) ] || { echo "make install: $(VENV) needs about $(INSTALL_MIN_FREE_GIB) GiB free on $$(df -P . | awk 'NR==2 {print $$6}'), which has $$free GiB"; exit 1; }; }
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	# torch/torchvision pinned in pyproject.toml: pip takes them from this machine's disk.
-	$(PY) -m pip install -q -e '.[train,export,serve,test]'
+	$(PY) -m pip install -q -e '.[train,export,serve,ray,test]'
 	touch $(STAMP)
 
 $(FASHION):

@@ -348,6 +348,20 @@ def decode(data: EncodedImage, *, max_pixels: int = MAX_PIXELS, draft: bool = Fa
     return to_rgb(img, bits, float_range)
 
 
+def load_or_reason(data: bytes, max_bytes: int, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray | None, str | None]:
+    """(uint8 [3,256,256], None), or (None, why it cannot be): never raises, so one bad image
+    cannot fail the batch it came in.  The serving decode (the preprocess model's, and
+    alexnet-label's Ray engine): over ``max_bytes`` encoded it is refused unread, then ``load``."""
+    if len(data) > max_bytes:
+        return None, f"image too large: {len(data):,} bytes encoded, over the limit of {max_bytes:,}"
+    try:
+        return load(data, max_pixels=max_pixels), None
+    except ImageError as exc:
+        return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - a decoder bug must not take the batch down
+        return None, f"cannot decode image: {type(exc).__name__}: {exc}"
+
+
 def from_array(pixels: np.ndarray) -> np.ndarray:
     """A decoded HxW (grey) or HxWx3 uint8 array (e.g. Fashion-MNIST) through the same 256 pipeline."""
     img = Image.fromarray(np.asarray(pixels, dtype=np.uint8))

@@ -290,7 +290,7 @@ def test_label_unreadable_file_gets_a_row(triton_server, photo_path, open_dir):
 
 def test_label_usage_errors(triton_server, tmp_path):
     proc = run("alexnet_server.clients.label", str(tmp_path / "missing"), "--out", str(tmp_path / "o.csv"))
-    assert proc.returncode == 2 and "is not a folder" in proc.stderr
+    assert proc.returncode == 2 and "is neither a folder nor a manifest" in proc.stderr
     (tmp_path / "d").mkdir()
     (tmp_path / "o.csv").write_text("path,labels,scores,error\n")
     proc = run("alexnet_server.clients.label", str(tmp_path / "d"), "--out", str(tmp_path / "o.csv"), "--url", triton_server.grpc_url)

@@ -18,8 +18,11 @@ import yaml
 from tests.conftest import ROOT
 
 K8S = ROOT / "deploy" / "k8s"
-# Custom resources that no Kubernetes schema knows (the Prometheus Operator's).
-CUSTOM = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+# Custom resources that no Kubernetes schema knows: the Prometheus Operator's, and KubeRay's (checked
+# against its own CRD, vendored from KubeRay v1.7.0: ray-operator/config/crd/bases/ray.io_rayjobs.yaml,
+# Apache-2.0).
+CUSTOM = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("ray.io/v1", "RayJob")}
+RAYJOB_CRD = ROOT / "tests" / "data" / "kuberay-v1.7.0-ray.io_rayjobs.yaml.xz"
 
 
 def documents() -> list[tuple[Path, dict]]:
@@ -28,14 +31,59 @@ def documents() -> list[tuple[Path, dict]]:
 
 @pytest.mark.parametrize("path, doc", documents(), ids=lambda x: x.name if isinstance(x, Path) else x.get("kind", "?"))
 def test_manifest_is_valid(path, doc):
+    if doc["kind"] == "RayJob":
+        problems = crd_problems(doc, RAYJOB_CRD)
+        assert not problems, "\n".join(problems)
+        return
     if (doc["apiVersion"], doc["kind"]) in CUSTOM:
         assert doc["spec"]["endpoints"] and doc["spec"]["selector"], f"{path.name}: a ServiceMonitor needs endpoints and a selector"
         return
     kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
 
 
-def _kind(kind: str) -> dict:
-    (doc,) = [d for _, d in documents() if d["kind"] == kind]
+def crd_problems(doc: dict, crd_file: Path) -> list[str]:
+    """What the API server would refuse in ``doc``: its CRD's openAPIV3Schema for the version
+    (jsonschema), and, as ``kubectl --validate=strict`` does, any field the schema does not name
+    (Kubernetes would drop it silently)."""
+    import lzma
+
+    import jsonschema
+
+    crd = yaml.safe_load(lzma.decompress(crd_file.read_bytes()))
+    group, _, version = doc["apiVersion"].partition("/")
+    assert crd["spec"]["group"] == group and crd["spec"]["names"]["kind"] == doc["kind"]
+    (schema,) = [v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"] if v["name"] == version and v["served"]]
+    problems = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+
+    def unknown(value, node: dict, where: str) -> None:
+        if isinstance(value, dict) and "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+            for key, item in value.items():
+                if key not in node["properties"] and not (where == "" and key in ("apiVersion", "kind", "metadata")):
+                    problems.append(f"{where}/{key}: not a field of {doc['kind']} {version}")
+                elif key in node["properties"]:
+                    unknown(item, node["properties"][key], f"{where}/{key}")
+        elif isinstance(value, dict) and isinstance(node.get("additionalProperties"), dict):
+            for key, item in value.items():
+                unknown(item, node["additionalProperties"], f"{where}/{key}")
+        elif isinstance(value, list) and isinstance(node.get("items"), dict):
+            for i, item in enumerate(value):
+                unknown(item, node["items"], f"{where}/{i}")
+
+    unknown(doc, schema, "")
+    return problems
+
+
+def test_the_crd_check_catches_a_wrong_field():
+    rayjob = _kind("RayJob")
+    broken = yaml.safe_load(yaml.safe_dump(rayjob))
+    broken["spec"]["entrypont"] = "typo"
+    broken["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] = "four"
+    problems = crd_problems(broken, RAYJOB_CRD)
+    assert any("entrypont" in p for p in problems) and any("replicas" in p for p in problems), problems
+
+
+def _kind(kind: str, name: str | None = None) -> dict:
+    (doc,) = [d for _, d in documents() if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
     return doc
 
 
@@ -46,9 +94,9 @@ def test_gpu_deployment_holds_what_triton_needs():
     mounts = {m["mountPath"]: m["name"] for m in triton["volumeMounts"]}
     shm = volumes[mounts["/dev/shm"]]["emptyDir"]
     assert shm["medium"] == "Memory" and shm["sizeLimit"], "python-backend tensors travel through /dev/shm: a sized memory emptyDir"
-    assert "server.health" in triton["livenessProbe"]["exec"]["command"], "liveness runs the same real-request check as alexnet-serve"
+    assert "alexnet_server.server.health" in triton["livenessProbe"]["exec"]["command"], "liveness runs the same real-request check as alexnet-serve"
     claim = volumes["models"]["persistentVolumeClaim"]
-    assert claim["readOnly"] and _kind("PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadOnlyMany"], "replicas share it read-only"
+    assert claim["readOnly"] and _kind("PersistentVolumeClaim", claim["claimName"])["spec"]["accessModes"] == ["ReadOnlyMany"], "replicas share it read-only"
 
 
 def test_autoscaler_metric_is_the_adapter_rule():
@@ -112,9 +160,13 @@ def test_checkov_passes_the_dockerfile():
 
 
 def _pods() -> list[tuple[dict, list[dict]]]:
-    """(pod spec, its containers and init containers) for every workload."""
-    return [(d["spec"]["template"]["spec"], d["spec"]["template"]["spec"].get("initContainers", []) + d["spec"]["template"]["spec"]["containers"])
-            for _, d in documents() if d["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}]  # fmt: skip
+    """(pod spec, its containers and init containers) for every workload, the RayJob's head and workers included."""
+    specs = [d["spec"]["template"]["spec"] for _, d in documents() if d["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}]
+    for _, d in documents():
+        if d["kind"] == "RayJob":
+            cluster = d["spec"]["rayClusterSpec"]
+            specs += [cluster["headGroupSpec"]["template"]["spec"], *(g["template"]["spec"] for g in cluster["workerGroupSpecs"])]
+    return [(spec, spec.get("initContainers", []) + spec["containers"]) for spec in specs]
 
 
 def test_pods_meet_the_restricted_pod_security_standard():
@@ -133,9 +185,11 @@ def test_pods_meet_the_restricted_pod_security_standard():
             assert context["readOnlyRootFilesystem"] is True, container["name"]
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert all("hostPath" not in v for v in volumes.values())
-        (triton,) = [c for c in containers if c["name"] == "triton"]
-        writable = {m["mountPath"] for m in triton["volumeMounts"] if "emptyDir" in volumes[m["name"]]}
-        assert {"/tmp", "/dev/shm"} <= writable, "alexnet-serve, nginx and the python backend write under /tmp and /dev/shm"
+        for container in pod["containers"]:  # the init container only copies the repository
+            writable = {m["mountPath"] for m in container.get("volumeMounts", []) if "emptyDir" in volumes[m["name"]]}
+            assert "/tmp" in writable, f"{container['name']}: alexnet-serve, nginx, the python backend and Ray write under /tmp"
+            if container["name"] == "triton":
+                assert "/dev/shm" in writable, "the python backend's tensors travel through /dev/shm"
 
 
 def test_network_policy_admits_only_the_gateway_and_monitoring():
@@ -147,9 +201,13 @@ def test_network_policy_admits_only_the_gateway_and_monitoring():
     admitted = {}
     for rule in policy["ingress"]:
         (source,) = rule["from"]
-        assert set(source) == {"namespaceSelector"}, "sources are whole namespaces, never 'everyone'"
-        admitted[source["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]] = {p["port"] for p in rule["ports"]}
-    assert admitted == {"gateway": {ports["http"], ports["grpc"]}, "monitoring": {ports["metrics"]}}
+        assert set(source) in ({"namespaceSelector"}, {"podSelector"}), "sources are named namespaces or this namespace's pods, never 'everyone'"
+        who = (source["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] if "namespaceSelector" in source
+               else "pods " + ",".join(f"{k}={v}" for k, v in source["podSelector"]["matchLabels"].items()))  # fmt: skip
+        admitted[who] = {p["port"] for p in rule["ports"]}
+    labelling = _kind("RayJob")["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["metadata"]["labels"]
+    assert admitted == {"gateway": {ports["http"], ports["grpc"]}, "monitoring": {ports["metrics"]},
+                        "pods " + ",".join(f"{k}={v}" for k, v in labelling.items()): {ports["grpc"]}}  # fmt: skip
 
 
 def test_metrics_scrape_uses_the_token_and_tls():

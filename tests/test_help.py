@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import ROOT
 
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-MODULES = [f"alexnet_server.{m}" for m in ("train", "export", "server", "clients", "clients.label", "clients.bench", "server.health", "export.bench", "export.evaluate")]
+MODULES = [f"alexnet_server.{m}" for m in ("train", "export", "server", "clients", "clients.label", "clients.bench", "server.health", "export.bench", "export.evaluate", "clients.label_bench")]
 
 
 @pytest.mark.parametrize("target", [f"script:{name}" for name in SCRIPTS] + [f"module:{name}" for name in MODULES])

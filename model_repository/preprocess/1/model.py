@@ -96,14 +96,7 @@ class TritonPythonModel:
 
     def _load(self, data):
         """(image, None) or (None, why): never raises, so one bad image cannot fail the batch."""
-        if len(data) > self.max_bytes:
-            return None, f"image too large: {len(data):,} bytes encoded, over the limit of {self.max_bytes:,}"
-        try:
-            return imaging.load(data, max_pixels=self.max_pixels), None
-        except imaging.ImageError as exc:
-            return None, str(exc)
-        except Exception as exc:  # noqa: BLE001 - a decoder bug must not take the batch down
-            return None, f"cannot decode image: {type(exc).__name__}: {exc}"
+        return imaging.load_or_reason(data, self.max_bytes, self.max_pixels)
 
     def finalize(self):
         self.pool.shutdown(wait=True)
