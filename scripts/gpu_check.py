@@ -37,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from alexnet_server.contract import ENSEMBLE, IMAGE_BYTES, MODEL, PREPROCESS, PROBS  # noqa: E402 - the checkout first on the path; stdlib only
 HTTP_PORT = 18600
 GFLOP_PER_CROP = 1.44  # paper AlexNet at 224: ~0.72 G multiply-adds per crop (conv 666 M, fc 55 M)
 H200_BF16_TFLOPS = 989.0  # H200's dense bf16 tensor-core peak (NVIDIA's H200 datasheet: 1,979 with sparsity)
@@ -184,7 +185,7 @@ class Client:
     def __init__(self, port: int, timeout: float = 120) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
 
-    def infer(self, model: str, name: str, value, output: str = "PROBS"):
+    def infer(self, model: str, name: str, value, output: str = PROBS):
         import numpy as np
 
         if isinstance(value, list):
@@ -222,7 +223,7 @@ def _load_worker(port: int, threads: int, requests: list[list[bytes]], seconds: 
         while time.perf_counter() < stop_at:
             t0 = time.perf_counter()
             try:
-                client.infer("classify", "IMAGE_BYTES", requests[i % len(requests)])
+                client.infer(ENSEMBLE, IMAGE_BYTES, requests[i % len(requests)])
                 with lock:
                     images[0] += len(requests[i % len(requests)])
                     latencies.append(time.perf_counter() - t0)
@@ -346,7 +347,7 @@ def check(args, report: dict, t0: float) -> int:
     report["export"] = {"rc": exp.returncode, "stdout": exp.stdout[-800:], "stderr": exp.stderr[-800:]}
     if exp.returncode != 0:
         return finish(report, args, t0, "export failed")
-    version = Version(served / "alexnet" / "1")
+    version = Version(served / MODEL / "1")
 
     # 3. test images: Fashion-MNIST PNGs (labelled), and JPEG photos at ImageNet-like sizes
     report["stage"] = "reference"
@@ -442,10 +443,10 @@ def served_on_device(report: dict, log_path: Path, gpu: str | None) -> None:
     says "pytorch PRECISION on NAME"), preprocess decoded on the GPU, and no batch fell back to
     the CPU decoder.  A silent CPU fallback fails here.  ``gpu`` None: a CPU dry run, skipped."""
     text = log_path.read_text(errors="replace") if log_path.is_file() else ""
-    model_lines = [line for line in text.splitlines() if "alexnet" in line and " on " in line and "thread(s)" in line]
+    model_lines = [line for line in text.splitlines() if MODEL in line and " on " in line and "thread(s)" in line]
     decode_lines = [line for line in text.splitlines() if "decoding on" in line]
     fallbacks = text.count("GPU decode failed")
-    c = {"alexnet": [line.split("] ", 1)[-1][:200] for line in model_lines[:2]], "preprocess": [line.split("] ", 1)[-1][:200] for line in decode_lines[:2]],
+    c = {MODEL: [line.split("] ", 1)[-1][:200] for line in model_lines[:2]], PREPROCESS: [line.split("] ", 1)[-1][:200] for line in decode_lines[:2]],
          "gpu_decode_fallbacks": fallbacks}  # fmt: skip
     precisions = {line.split("pytorch ", 1)[1].split()[0] for line in model_lines if "pytorch " in line}
     c["precision"] = sorted(precisions)
@@ -469,7 +470,7 @@ def served_checks(report: dict, args, pngs, jpegs, labels, ref_png, ref_jpeg) ->
     def send(worker: int) -> None:
         mine = Client(HTTP_PORT)
         for a, b in spans[worker::16]:
-            probs = mine.infer("classify", "IMAGE_BYTES", pngs[a:b])
+            probs = mine.infer(ENSEMBLE, IMAGE_BYTES, pngs[a:b])
             with lock:
                 results[a] = probs
 
@@ -487,12 +488,12 @@ def served_checks(report: dict, args, pngs, jpegs, labels, ref_png, ref_jpeg) ->
                                          "served_top1_accuracy": float((served.argmax(1) == labels).mean()), "ok": agree >= 0.995}  # fmt: skip
     report["checks"]["dynamic_batching"] = {"inferences": inferences, "executions": executions, "avg_batch": round(inferences / max(executions, 1), 2),
                                             "ok": inferences / max(executions, 1) > 8.0}  # fmt: skip
-    jpeg_served = np.concatenate([client.infer("classify", "IMAGE_BYTES", jpegs[i : i + 8]) for i in range(0, len(jpegs), 8)])
+    jpeg_served = np.concatenate([client.infer(ENSEMBLE, IMAGE_BYTES, jpegs[i : i + 8]) for i in range(0, len(jpegs), 8)])
     jagree = float((jpeg_served.argmax(1) == ref_jpeg.argmax(1)).mean())
     report["checks"]["served_jpeg_vs_cpu_decode"] = {"images": len(jpegs), "top1_agreement": jagree,
                                                      "max_abs_diff": float(np.abs(jpeg_served - ref_jpeg).max()), "ok": jagree >= 0.9}  # fmt: skip
     try:
-        client.infer("classify", "IMAGE_BYTES", [pngs[0], b"not an image", pngs[1]])
+        client.infer(ENSEMBLE, IMAGE_BYTES, [pngs[0], b"not an image", pngs[1]])
         refused = False
     except RuntimeError as exc:
         refused = "400" in str(exc) and "not a recognised image format" in str(exc)

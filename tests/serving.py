@@ -61,9 +61,18 @@ class Server:
         return pids[0]
 
     def stop(self, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout)
+        return stop(self.proc, timeout)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 60) -> int:
+    """SIGTERM, as a supervisor stops alexnet-serve, then its exit code (killed after ``timeout``: -9)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 def start(repository: Path, log: Path, config: str = "cpu-f32", timeout: float = 240, extra: tuple[str, ...] = (), env: dict | None = None,

@@ -372,9 +372,5 @@ def test_exposed_server_in_a_network_namespace(served_repository, namespaces, mo
         now = [p for p in serving.descendants(server.pid) if Path(f"/proc/{p}/comm").read_text().startswith("tritonserver")]
         assert now == triton, "Triton was restarted"
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-    assert server.returncode == 0, out.read_text()[-2000:]
+        code = serving.stop(server)
+    assert code == 0, out.read_text()[-2000:]

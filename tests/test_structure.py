@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -203,9 +202,5 @@ def test_a_non_editable_install_exports_serves_and_classifies_outside_the_checko
         assert classify.returncode == 0, classify.stderr[-2000:]
         assert json.loads(classify.stdout)[0]["top"][0]["label"] in ("cat", "dog", "fish")
     finally:
-        serve.send_signal(signal.SIGTERM)
-        try:
-            serve.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            serve.kill()
-    assert serve.returncode == 0, out.read_text()[-2000:]
+        code = serving.stop(serve)
+    assert code == 0, out.read_text()[-2000:]
