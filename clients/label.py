@@ -266,7 +266,6 @@ class Counter(threading.Thread):
 def _check_args(args: argparse.Namespace) -> str | None:
     if not args.source.is_dir() and not is_manifest(args.source):
         return f"{args.source} is neither a folder nor a manifest ({', '.join(MANIFEST_SUFFIXES)})"
-    args.batch_size = args.batch_size or (64 if args.url else 16)
     if args.concurrency < 1 or args.topk < 1 or args.actors < 1 or args.batch_size < 1:
         return "--concurrency, --topk, --actors and --batch-size must be >= 1"
     if args.keep_failed and not args.resume:
@@ -342,6 +341,7 @@ def label_on_ray(args: argparse.Namespace, out: Output, bar, counts: dict[str, i
 def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    args.batch_size = args.batch_size or (64 if args.url else 16)
     if problem := _check_args(args):
         print(f"alexnet-label: error: {problem}", file=sys.stderr)
         return EXIT_USAGE

@@ -33,10 +33,10 @@ import numpy as np
 
 from alexnet_server import imaging
 from alexnet_server.clients.classifier import Result
+from alexnet_server.clients.label import is_image
 from alexnet_server.clients.protocol import LocalError, ServerError
 from alexnet_server.contract.security import MAX_IMAGE_BYTES
 
-RAY_VERSION = "2.60.0"  # Ray Data's API drifts (map_batches' concurrency vs compute=ActorPoolStrategy): the one tested
 # Paths per Arrow block the driver puts into the object store: a block is one read task's input,
 # so small blocks spread the reading over the cluster from the start (10^7 paths: ~40k refs).
 CHUNK = 256
@@ -52,8 +52,6 @@ class RayUnavailable(LocalError):
 def _status(path: str, listed: bool) -> tuple[str, str]:
     """("ok" | "not_image" | "failed", why) before reading: a folder's file that is not an image by
     its header or its name gets no row, as in the local engine; a manifest's every path does."""
-    from alexnet_server.clients.label import is_image
-
     if listed or is_image(Path(path)):
         return "ok", ""
     return "not_image", ""

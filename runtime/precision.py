@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from alexnet_server.contract import cpu
 
 # Integer and bf16 matrix units, in the order they are preferred when timings tie.
 INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
@@ -83,8 +82,3 @@ def choose(allowed: Iterable[str], recorded: dict | None, here: dict, measure: C
     chosen = next(p for p in order if rates[p] >= TIE * best)
     figures = ", ".join(f"{p} {rates[p]:.2f}" for p in sorted(order, key=lambda p: -rates[p]))
     return chosen, f"{chosen}: fastest {source}, images/s: {figures}"
-
-
-def here() -> dict:
-    """This CPU, as the timings record it."""
-    return cpu.describe()
