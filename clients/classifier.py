@@ -74,7 +74,10 @@ class Classifier:
         self._info: ModelInfo | None = None
         self._pool: ThreadPoolExecutor | None = None
 
-    # One connection per thread: gRPC channels are thread-safe, but the HTTP client is not.
+    # One connection per thread: gRPC channels are thread-safe, but the HTTP client is bound to the
+    # thread that made it.  Requests run on one pool of ``concurrency`` threads for the Classifier's
+    # life (``_executor``), so the connections stay as many as its threads, however many calls
+    # come and go (a Ray actor calls once per batch).
     def connection(self) -> Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
@@ -164,18 +167,24 @@ class Classifier:
             results.append(result.labels)
         return results
 
-    def classify_async(self, image: Image, topk: int = 5) -> Future:
-        """A Future of one image's top-k; many in flight keep the server's batcher busy."""
+    def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="classify")
-        return self._pool.submit(self.classify_one, image, topk)
+            return self._pool
+
+    def classify_async(self, image: Image, topk: int = 5) -> Future:
+        """A Future of one image's top-k; many in flight keep the server's batcher busy.  Up to
+        ``concurrency`` run at once, from all callers together; the rest wait their turn."""
+        return self._executor().submit(self.classify_one, image, topk)
 
     def classify_many(self, images: Iterable[Image], topk: int = 5, concurrency: int | None = None, ordered: bool = False) -> Iterator[Result]:
         """Classify a (possibly endless, lazily produced) stream with up to ``concurrency`` requests in flight.
 
         Yields a Result per image (errors included, never raised), in completion order
-        unless ``ordered``.  At most ``concurrency`` images are read ahead.
+        unless ``ordered``.  At most ``concurrency`` images are read ahead; they run on the
+        Classifier's threads, shared with other calls (so at most the Classifier's ``concurrency``
+        requests are in flight from all of them together).
         """
         width = concurrency or self.concurrency
         self.info  # fail fast, once, when the server or model is not there
@@ -190,9 +199,10 @@ class Classifier:
             except ClientError as exc:
                 return Result(index, source, None, exc)
 
-        with ThreadPoolExecutor(width, thread_name_prefix="classify") as pool:
-            iterator = enumerate(images)
-            exhausted = False
+        pool = self._executor()
+        iterator = enumerate(images)
+        exhausted = False
+        try:
             while pending or not exhausted:
                 while not exhausted and len(pending) < width:
                     try:
@@ -214,3 +224,6 @@ class Classifier:
                 while ordered and next_out in done_early:
                     yield done_early.pop(next_out)
                     next_out += 1
+        finally:
+            for future in pending:  # the caller stopped early: what has not started never will
+                future.cancel()

@@ -76,6 +76,11 @@ def test_classifier_library(triton_server, photo_path, expected_top, protocol):
         assert clf.classify_async(data, topk=1).result(timeout=60)[0][0] == expected_top(data)[0]
         with pytest.raises(ClassifierError, match="image refused: not a recognised image"):
             clf.classify([b"definitely not an image"])
+        # calls come and go (a Ray actor makes one per batch): they share the Classifier's threads
+        # and so its connections, one per thread, never one per call
+        for _ in range(6):
+            assert len(list(clf.classify_many([data] * 3, topk=1))) == 3
+        assert len(clf._connections) <= clf.concurrency + 1, len(clf._connections)
 
 
 def test_classifier_against_alexnet_decodes_locally(triton_server, photo_path, expected_top):
