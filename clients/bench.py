@@ -35,13 +35,14 @@ from alexnet_server.clients.label import walk
 from alexnet_server.clients.load import Level, ServerMemory, run_level, run_open_level, server_split
 from alexnet_server.clients.protocol import DEFAULT_URLS, PROTOCOLS, ClientError, Connection, LocalError, ServerError, add_credential_arguments, bytes_batch, credentials_from
 from alexnet_server.contract import ENSEMBLE, MODEL, PREPROCESS, cpu, layout
+from alexnet_server.contract.cli import HelpFormatter
 from alexnet_server.runtime import RecordError, RuntimeUnavailable, Version
 from alexnet_server.runtime.version import images_per_run
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alexnet-bench", description=__doc__.split("\n\n")[0], add_help=add_help,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                                     formatter_class=HelpFormatter)  # fmt: skip
     parser.add_argument("--url", help=f"Triton address (default: {DEFAULT_URLS['grpc']} grpc, {DEFAULT_URLS['http']} http)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
     parser.add_argument("--model", choices=(ENSEMBLE, MODEL), default=ENSEMBLE,

@@ -14,11 +14,12 @@ from alexnet_server import imaging
 from alexnet_server.contract import ENSEMBLE, MODEL
 from alexnet_server.clients.classifier import Classifier, ClassifierError
 from alexnet_server.clients.protocol import DEFAULT_URLS, PROTOCOLS, add_credential_arguments, credentials_from
+from alexnet_server.contract.cli import HelpFormatter
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alexnet-classify", description=__doc__.split("\n\n")[0], add_help=add_help,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                                     formatter_class=HelpFormatter)  # fmt: skip
     parser.add_argument("images", nargs="+", metavar="IMAGE", help=f"image files ({imaging.FORMAT_NAMES})")
     parser.add_argument("--url", help=f"Triton address (default: {DEFAULT_URLS['grpc']} for grpc, {DEFAULT_URLS['http']} for http)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="grpc")

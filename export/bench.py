@@ -24,6 +24,7 @@ import torch
 
 from alexnet_server import imaging
 from alexnet_server.contract import cpu, files
+from alexnet_server.contract.cli import HelpFormatter
 from alexnet_server.runtime import FILES, RuntimeUnavailable, Version
 from alexnet_server.export import check, onnx_graph, source
 from alexnet_server.train.model import normalisation
@@ -31,7 +32,7 @@ from alexnet_server.train.model import normalisation
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m alexnet_server.export.bench", description=__doc__.split("\n\n")[0], add_help=add_help,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                                     formatter_class=HelpFormatter)  # fmt: skip
     parser.add_argument("checkpoint", nargs="?", type=Path, help="a train/ checkpoint (default: random weights)")
     parser.add_argument("--arch", choices=("paper", "torchvision"), default="paper", help="without a checkpoint")
     parser.add_argument("--classes", type=int, default=1000, help="without a checkpoint")

@@ -21,6 +21,7 @@ import numpy as np
 
 from alexnet_server import imaging
 from alexnet_server.contract import layout
+from alexnet_server.contract.cli import HelpFormatter
 from alexnet_server.runtime import ExportRecord, Version
 from alexnet_server.export import check, plan, quantize, repository, tensorrt_engine
 from alexnet_server.export.check import CheckFailed
@@ -39,7 +40,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         description="Export AlexNet as the 10-crop classifier (IMAGE uint8 [N,3,256,256] -> PROBS [N,C]) into the served "
         "Triton model repository: ONNX (checked against PyTorch), its CPU precisions gated against fp32, optionally "
         "INT8, TorchScript and a TensorRT engine.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         add_help=add_help,
     )
     src = parser.add_mutually_exclusive_group(required=True)

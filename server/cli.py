@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alexnet_server.contract import gpu, layout, security
+from alexnet_server.contract.cli import HelpFormatter
 from alexnet_server.server import front, health, triton
 from alexnet_server.server.config_choice import CONFIGS, check_repository, choose_config
 from alexnet_server.server.process import Process, wait_ready
@@ -53,7 +54,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alexnet-serve",
         description="Serve the AlexNet model repository (preprocess -> alexnet, ensemble 'classify') with NVIDIA Triton.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         add_help=add_help,
     )
     parser.add_argument("--repository", type=Path, default=layout.default_repository(),

@@ -26,3 +26,5 @@ def test_help_works(target):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, f"{name} --help: exit {proc.returncode}\n{proc.stderr[-2000:]}"
     assert "usage:" in proc.stdout and "Traceback" not in proc.stderr, proc.stdout[:500] + proc.stderr[-1000:]
+    # an option without a default says what happens without it, in words (contract.cli.HelpFormatter)
+    assert "(default: None)" not in " ".join(proc.stdout.split()), proc.stdout

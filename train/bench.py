@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from alexnet_server import imaging
+from alexnet_server.contract.cli import HelpFormatter
 from alexnet_server.train import accel, data, distributed
 from alexnet_server.train.model import alexnet
 from alexnet_server.train.model import normalisation
@@ -33,7 +34,7 @@ from alexnet_server.train.transforms import random_crops
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m alexnet_server.train.bench", description=__doc__.split("\n\n")[0], add_help=add_help,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                                     formatter_class=HelpFormatter)  # fmt: skip
     parser.add_argument("--images", type=Path, help="an ImageFolder root (DIR/train/<class>/*.jpg); default: generated JPEGs")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5, help="measured steps per mode (after one warm-up step)")

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import DistributedSampler, Subset
 
+from alexnet_server.contract.cli import HelpFormatter
 from alexnet_server.train import accel, checkpoint, data, distributed, engine, report
 from alexnet_server.train.budget import PROBE_STEPS, WARMUP_STEPS, TimeBudget
 from alexnet_server.train.checkpoint import CheckpointError
@@ -38,7 +39,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         prog="alexnet-train",
         description="Train AlexNet with the recipe of Krizhevsky et al. 2012, or evaluate a checkpoint.",
         epilog="Recipe flags default to the paper's values; --preset applies a named deviation first.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         add_help=add_help,
     )
     parser.add_argument("--data", required=True, help="fashion-mnist, a folder of its IDX files, or an ImageFolder root (DIR/train, DIR/val)")
