@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import os
 import stat
@@ -35,27 +34,27 @@ from typing import Iterator
 
 from alexnet_server import imaging
 from alexnet_server.clients.classifier import Classifier, ClassifierError, Result
+from alexnet_server.clients.label_output import NAME_ERRORS, PART_ROWS, LineOutput, ParquetOutput, open_output, require_pyarrow
 from alexnet_server.clients.protocol import DEFAULT_URLS, PROTOCOLS, LocalError, add_credential_arguments, credentials_from
-from alexnet_server.contract import ENSEMBLE, files, layout
+from alexnet_server.contract import ENSEMBLE, layout
+from alexnet_server.contract.cli import HelpFormatter
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 # Files with these names are images to the user even when their header is unreadable: they
 # get a row (failed, with the reason) instead of silently counting as "not an image".
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".ico"}
-# File names are OS bytes; names that are not UTF-8 travel as Python's surrogate escapes and are
-# written back byte for byte (CSV) or as JSON string escapes (JSONL), so every name round-trips.
-NAME_ERRORS = "surrogateescape"
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alexnet-label", description=__doc__.split("\n\n")[0], add_help=add_help,
                                      epilog="Any file name is written: in CSV as the file system's own bytes (read it back "
                                             "with encoding='utf-8', errors='surrogateescape'), in JSONL as a JSON string "
-                                            "(names that are not UTF-8 appear as \\udcXX escapes).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                                            "(names that are not UTF-8 appear as \\udcXX escapes), in Parquet as binary (os.fsdecode gives the name).",
+                                     formatter_class=HelpFormatter)  # fmt: skip
     parser.add_argument("source", type=Path, metavar="SOURCE",
                         help="a folder, or a manifest of paths: .txt (one per line), .csv or .parquet (a 'path' column)")  # fmt: skip
-    parser.add_argument("--out", type=Path, default=Path("labels.csv"), help="FILE.csv or FILE.jsonl")
+    parser.add_argument("--out", type=Path, default=Path("labels.csv"),
+                        help="FILE.csv, FILE.jsonl, or NAME.parquet: a directory of Parquet parts, for runs too large for one file")  # fmt: skip
     parser.add_argument("--recursive", action="store_true", help="descend into sub-folders (symbolic links to folders are not followed)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     parser.add_argument("--topk", type=int, default=5)
@@ -66,6 +65,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
     parser.add_argument("--model", default=ENSEMBLE)
     parser.add_argument("--retry-timeout", type=float, default=120.0, help="seconds to keep retrying while the server is down or failing")
+    parser.add_argument("--part-rows", type=int, default=PART_ROWS,
+                        help="rows per Parquet part (--out NAME.parquet); a part is also written every 5 minutes and at the end")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true")
     add_credential_arguments(parser)
     ray = parser.add_argument_group("--engine ray (pip install '.[ray]')")
@@ -126,14 +127,16 @@ def manifest_paths(manifest: Path, chunk: int = 65_536) -> Iterator[str]:
     """The paths a manifest lists, streamed (never the whole list in memory): a text file of one
     path per line, a CSV with a ``path`` column (else its first column), or a Parquet file with a
     ``path`` column.  Paths are used as written (relative ones against the working directory).
-    ValueError for a CSV or Parquet file without such a column."""
+    LocalError for a Parquet file without such a column, or one that cannot be read."""
     kind = manifest.suffix.lower()
     if kind == ".parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.ParquetFile(manifest)
+        pa = require_pyarrow()
+        try:
+            table = pa.parquet.ParquetFile(manifest)
+        except (OSError, pa.ArrowException) as exc:
+            raise LocalError(f"{manifest} is not a readable Parquet file: {exc}") from None
         if "path" not in table.schema_arrow.names:
-            raise ValueError(f"{manifest} has no 'path' column (columns: {', '.join(table.schema_arrow.names)})")
+            raise LocalError(f"{manifest} has no 'path' column (columns: {', '.join(table.schema_arrow.names)})")
         for batch in table.iter_batches(batch_size=chunk, columns=["path"]):
             yield from (p for p in batch.column(0).to_pylist() if p)
         return
@@ -164,85 +167,6 @@ def is_image(path: Path) -> bool:
     return imaging.sniff(path) is not None or path.suffix.lower() in IMAGE_SUFFIXES
 
 
-# --- the output ---------------------------------------------------------------------------------------
-
-
-def _csv_line(row) -> str:
-    """One row as the csv module writes it (quoting, \r\n)."""
-    buffer = io.StringIO()
-    csv.writer(buffer).writerow(row)
-    return buffer.getvalue()
-
-
-class Output:
-    """Rows appended and flushed one by one; CSV or JSON lines by the file's suffix.
-
-    On resume, the rows of images that got a label are kept and skipped; failed rows are
-    removed (the file is rewritten atomically) so that the retried images get one row each."""
-
-    FIELDS = ("path", "labels", "scores", "error")
-
-    def __init__(self, path: Path, resume: bool, keep_failed: bool = False) -> None:
-        self.path = path
-        self.kind = "jsonl" if path.suffix.lower() in (".jsonl", ".ndjson", ".json") else "csv"
-        self.done: set[str] = set()
-        self.failed_kept = 0
-        if resume and path.is_file():
-            self._recover(keep_failed)
-        elif path.exists() and not resume:
-            raise LocalError(f"{path} exists: pass --resume to continue it, or choose another --out")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        new = not path.is_file() or path.stat().st_size == 0
-        self.fh = open(path, "a", encoding="utf-8", errors=NAME_ERRORS, newline="")
-        self.writer = csv.writer(self.fh) if self.kind == "csv" else None
-        if new and self.writer:
-            self.writer.writerow(self.FIELDS)
-            self.fh.flush()
-
-    def _rows(self, text: str) -> list[tuple[str, str, str]]:
-        """(path, error, the row written back) per row.  CSV is parsed as CSV, not by lines: a
-        quoted file name may hold a newline; its rows are written back by the csv module."""
-        if self.kind == "csv":
-            out = []
-            for row in list(csv.reader(io.StringIO(text, newline="")))[1:]:
-                if row:
-                    out.append((row[0], row[3] if len(row) > 3 else "", _csv_line(row)))
-            return out
-        out = []
-        for line in text.splitlines(keepends=True):
-            if line.strip():
-                row = json.loads(line)
-                out.append((row["path"], row.get("error", ""), line))
-        return out
-
-    def _recover(self, keep_failed: bool) -> None:
-        data = self.path.read_bytes()
-        cut = data.rfind(b"\n") + 1
-        text = data[:cut].decode("utf-8", NAME_ERRORS)  # a row cut short by a crash is dropped: it is redone
-        rows = self._rows(text)
-        kept = [r for r in rows if not r[1] or keep_failed]
-        self.done = {p for p, _, _ in kept}
-        self.failed_kept = sum(1 for r in kept if r[1])
-        if len(kept) != len(rows) or cut < len(data):
-            header = _csv_line(self.FIELDS) if self.kind == "csv" else ""
-            files.atomic_write(self.path, (header + "".join(line for _, _, line in kept)).encode("utf-8", NAME_ERRORS))
-
-    def write(self, result: Result) -> None:
-        labels = result.labels or []
-        error = str(result.error) if result.error else ""
-        if self.writer:
-            self.writer.writerow([result.source, ";".join(l for l, _ in labels), ";".join(f"{s:.6f}" for _, s in labels), error])
-        else:
-            row = {"path": result.source, "top": [{"label": l, "score": round(s, 6)} for l, s in labels]}
-            if error:
-                row["error"] = error
-            self.fh.write(json.dumps(row) + "\n")
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
-
-
 class Counter(threading.Thread):
     """Counts the files in the background so the progress bar learns its total."""
 
@@ -266,8 +190,8 @@ class Counter(threading.Thread):
 def _check_args(args: argparse.Namespace) -> str | None:
     if not args.source.is_dir() and not is_manifest(args.source):
         return f"{args.source} is neither a folder nor a manifest ({', '.join(MANIFEST_SUFFIXES)})"
-    if args.concurrency < 1 or args.topk < 1 or args.actors < 1 or args.batch_size < 1:
-        return "--concurrency, --topk, --actors and --batch-size must be >= 1"
+    if min(args.concurrency, args.topk, args.actors, args.batch_size, args.part_rows) < 1:
+        return "--concurrency, --topk, --actors, --batch-size and --part-rows must be >= 1"
     if args.keep_failed and not args.resume:
         return "--keep-failed goes with --resume"
     if args.engine == "local" and (args.address or args.ray_cpus):
@@ -275,7 +199,7 @@ def _check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
-def todo(args: argparse.Namespace, out: Output, bar, counts: dict[str, int]) -> Iterator[tuple[str, bool]]:
+def todo(args: argparse.Namespace, out: LineOutput | ParquetOutput, bar, counts: dict[str, int]) -> Iterator[tuple[str, bool]]:
     """(path, listed) for everything to label that ``out`` does not hold yet, in walk or manifest order."""
 
     def skipped(path: str, why: str) -> None:
@@ -290,7 +214,7 @@ def todo(args: argparse.Namespace, out: Output, bar, counts: dict[str, int]) -> 
             yield path, listed
 
 
-def label_all(args: argparse.Namespace, out: Output, bar, counts: dict[str, int]) -> None:
+def label_all(args: argparse.Namespace, out: LineOutput | ParquetOutput, bar, counts: dict[str, int]) -> None:
     """Classify every image the walk finds that ``out`` does not hold yet; raises ClassifierError
     when the server stays away longer than --retry-timeout."""
 
@@ -314,7 +238,7 @@ def label_all(args: argparse.Namespace, out: Output, bar, counts: dict[str, int]
         clf.close()
 
 
-def record(result: Result, out: Output, bar, counts: dict[str, int]) -> None:
+def record(result: Result, out: LineOutput | ParquetOutput, bar, counts: dict[str, int]) -> None:
     """One row written and flushed, counted, its failure said on stderr."""
     out.write(result)
     counts["failed" if result.error else "labelled"] += 1
@@ -323,7 +247,7 @@ def record(result: Result, out: Output, bar, counts: dict[str, int]) -> None:
         bar.write(f"alexnet-label: {result.source}: {result.error}", file=sys.stderr)
 
 
-def label_on_ray(args: argparse.Namespace, out: Output, bar, counts: dict[str, int]) -> None:
+def label_on_ray(args: argparse.Namespace, out: LineOutput | ParquetOutput, bar, counts: dict[str, int]) -> None:
     """The same rows through Ray Data (clients/label_ray.py); the bar's total is what Ray was handed."""
     from alexnet_server.clients import label_ray
 
@@ -346,7 +270,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"alexnet-label: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        out = Output(args.out, args.resume, args.keep_failed)
+        out = open_output(args.out, args.resume, args.keep_failed, args.part_rows)
     except (ClassifierError, OSError, ValueError, json.JSONDecodeError) as exc:
         print(f"alexnet-label: error: {args.out}: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -10,14 +10,16 @@ object store holds them, not the driver).  Ray Data then runs two stages:
 
 1. CPU tasks read each file and, for the in-process model, decode it with the project's own
    ``imaging.load_or_reason`` (the preprocess model's decode: same limits, same reasons);
-   Ray's image reader is not used, because it fails a whole job on one corrupt file.
+   Ray's image reader is not used, because it fails a whole job on one corrupt file.  With
+   ``--url`` reading is only fetching bytes, and Ray Data fuses it into the actors' calls.
 2. An actor pool (``ActorPoolStrategy``) runs the model: either the served repository's latest
    version opened by ``runtime.Version`` with the served config's runtime and precision
    (OpenVINO on CPUs, the pytorch config's model on GPUs, ``num_gpus`` where Ray sees GPUs), or,
    with ``--url``, the project's ``Classifier`` against Triton with its retries and token.
 
-Rows stream back to the driver, which writes and flushes each one (CSV or JSONL, exactly as the
-local engine does); ``--resume`` skips the paths the output already holds.  A killed actor or
+Rows stream back to the driver, which writes each one exactly as the local engine does (CSV or
+JSONL flushed row by row, or Parquet parts: clients/label_output.py); ``--resume`` skips the paths
+the output already holds.  A killed actor or
 task is retried by Ray: its rows come once, from the retry.
 """
 
@@ -34,7 +36,7 @@ import numpy as np
 from alexnet_server import imaging
 from alexnet_server.clients.classifier import Result
 from alexnet_server.clients.label import is_image
-from alexnet_server.clients.protocol import LocalError, ServerError
+from alexnet_server.clients.protocol import ClientError, LocalError, ServerError
 from alexnet_server.contract.security import MAX_IMAGE_BYTES
 
 # Paths per Arrow block the driver puts into the object store: a block is one read task's input,
@@ -126,7 +128,13 @@ class InProcessModel:
 
 class TritonModel:
     """Stage 2 (a Ray actor): the project's Classifier against a Triton fleet (--url), with its
-    retries, token and TLS; a failure on the server's side past --retry-timeout fails the run."""
+    retries, token and TLS; a failure on the server's side past --retry-timeout fails the run.
+
+    Ray Data runs CALLS_PER_ACTOR calls of one actor at once, all feeding one pool of
+    ``concurrency`` requests: the next batch's requests queue while the last of this batch's
+    are still in flight, so the server never waits on a batch boundary."""
+
+    CALLS_PER_ACTOR = 2
 
     def __init__(self, url: str, protocol: str, model: str, topk: int, retry: float, credentials, concurrency: int) -> None:
         from alexnet_server.clients.classifier import Classifier
@@ -136,18 +144,16 @@ class TritonModel:
         self.topk = topk
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ok = [i for i, s in enumerate(batch["status"]) if s == "ok"]
-        errors = batch["error"].copy()
-        status = batch["status"].copy()
+        status, errors = batch["status"].copy(), batch["error"].copy()
+        pending = {i: self.clf.classify_async(bytes(batch["data"][i]), self.topk) for i, s in enumerate(status) if s == "ok"}
         top: dict[int, list[tuple[str, float]]] = {}
-        for result in self.clf.classify_many([bytes(batch["data"][i]) for i in ok], self.topk, ordered=True):
-            i = ok[result.index]
-            if result.error is not None:
-                if result.error.transient or result.error.kind == "unauthenticated":
-                    raise result.error  # the fleet stayed away past --retry-timeout, or refuses this caller
-                status[i], errors[i] = "failed", str(result.error)
-            else:
-                top[i] = result.labels
+        for i, future in pending.items():
+            try:
+                top[i] = future.result()
+            except ClientError as exc:
+                if exc.transient or exc.kind == "unauthenticated":
+                    raise  # the fleet stayed away past --retry-timeout, or refuses this caller
+                status[i], errors[i] = "failed", str(exc)
         return _rows({**batch, "status": status, "error": errors}, top)
 
 
@@ -226,17 +232,20 @@ def label(args, todo: Iterator[tuple[str, bool]], write: Callable[[Result], None
             return
         gpus = int(ray.cluster_resources().get("GPU", 0)) if args.url is None else 0
         decode = args.url is None
-        # Reading and decoding in their own tasks (not fused into the model's actors): decoding
-        # scales with the cluster's CPUs, the actors only run the model.
+        # For the in-process model, reading and decoding run in their own tasks (their resources
+        # differ from the actors', so Ray Data does not fuse the two): decoding scales with the
+        # cluster's CPUs, the actors only run the model.  With --url the read only fetches bytes,
+        # and Ray Data fuses it into the actors' calls.
         ds = ray.data.from_arrow_refs(refs).map_batches(read_files, batch_size=READ_BATCH, batch_format="numpy", fn_kwargs={"decode": decode},
                                                         num_cpus=READ_CPUS)  # fmt: skip
-        pool = ActorPoolStrategy(size=args.actors)
         if decode:
+            pool = ActorPoolStrategy(size=args.actors)
             threads = 0 if gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) // args.actors)
             stage = ds.map_batches(InProcessModel, batch_size=args.batch_size, batch_format="numpy", compute=pool,
                                    fn_constructor_kwargs={"repository": str(args.repository), "topk": args.topk, "threads": threads, "gpu": bool(gpus)},
                                    num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)  # fmt: skip
         else:
+            pool = ActorPoolStrategy(size=args.actors, max_concurrent_calls_per_actor=TritonModel.CALLS_PER_ACTOR, enable_true_multi_threading=True)
             stage = ds.map_batches(TritonModel, batch_size=args.batch_size, batch_format="numpy", compute=pool, num_cpus=0.5,
                                    fn_constructor_kwargs={"url": args.url, "protocol": args.protocol, "model": args.model, "topk": args.topk,
                                                           "retry": args.retry_timeout, "credentials": credentials_from(args),
@@ -249,7 +258,7 @@ def label(args, todo: Iterator[tuple[str, bool]], write: Callable[[Result], None
                 failure = None if status == "ok" else LocalError(str(error), "refused")
                 labels = [(label, float(score)) for label, score in json.loads(top)] if status == "ok" else None
                 write(Result(0, os.fsdecode(bytes(path)), labels, failure))
-    except ServerError:
+    except ClientError:  # the fleet failed past --retry-timeout, or the manifest is unreadable: said as it is
         raise
     except Exception as exc:  # noqa: BLE001 - Ray wraps a stage's failure in its own types; one line for the user
         cause = getattr(exc, "cause", None) or exc

@@ -5,7 +5,6 @@ latest version) or through the test Triton (--url)."""
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 import shutil
@@ -31,8 +30,10 @@ def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def rows_of(path: Path) -> dict[str, dict]:
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        rows = list(csv.DictReader(fh))
+    """The rows of any output (CSV, JSONL, a Parquet directory) by path; a path twice fails."""
+    from alexnet_server.clients.label_output import read_rows
+
+    rows = read_rows(path)
     by_path = {r["path"]: r for r in rows}
     assert len(by_path) == len(rows), "a path written twice"
     return by_path
@@ -91,8 +92,8 @@ def _summary(stderr: str) -> tuple[str, ...]:
 
 def test_ray_engine_writes_the_local_engines_rows(hostile, triton_server, ray_cluster, served_repository, tmp_path):
     """One hostile folder, three ways: the local engine, the ray engine through the same Triton (rows
-    identical), the ray engine with the model in-process on its actors (same paths, same failures,
-    the labels of the served config run in this process)."""
+    identical), the ray engine with the model in-process on its actors into Parquet parts (same
+    paths, same failures, the labels of the served config run in this process)."""
     local = run(str(hostile), "--recursive", "--out", str(tmp_path / "local.csv"), "--url", triton_server.grpc_url)
     assert local.returncode == 1 and "Traceback" not in local.stderr, local.stderr[-3000:]
     through = run(str(hostile), "--recursive", "--out", str(tmp_path / "ray-url.csv"), "--engine", "ray", "--address", ray_cluster,
@@ -103,10 +104,11 @@ def test_ray_engine_writes_the_local_engines_rows(hostile, triton_server, ray_cl
     assert _summary(through.stderr) == _summary(local.stderr), (local.stderr[-500:], through.stderr[-500:])
     assert through.stderr.count("Too many levels of symbolic links") == 1, through.stderr
 
-    inproc = run(str(hostile), "--recursive", "--out", str(tmp_path / "ray-in.csv"), "--engine", "ray", "--address", ray_cluster,
-                 "--repository", str(served_repository))  # fmt: skip
+    inproc = run(str(hostile), "--recursive", "--out", str(tmp_path / "ray-in.parquet"), "--part-rows", "4", "--engine", "ray",
+                 "--address", ray_cluster, "--repository", str(served_repository))  # fmt: skip
     assert inproc.returncode == 1 and "Traceback" not in inproc.stderr, inproc.stderr[-3000:]
-    mine = rows_of(tmp_path / "ray-in.csv")
+    mine = rows_of(tmp_path / "ray-in.parquet")
+    assert len(list((tmp_path / "ray-in.parquet").glob("part-*.parquet"))) == -(-len(mine) // 4)
     assert set(mine) == set(expected) and _summary(inproc.stderr) == _summary(local.stderr)
     for path, row in expected.items():
         assert bool(row["error"]) == bool(mine[path]["error"]), (path, row, mine[path])
@@ -121,7 +123,7 @@ def test_ray_engine_writes_the_local_engines_rows(hostile, triton_server, ray_cl
     for path, row in mine.items():
         if not row["error"]:
             probs = model(imaging.load(Path(path).read_bytes())[None])[0]
-            assert row["labels"].split(";") == [labels[i] for i in (-probs).argsort(kind="stable")[:5]], path
+            assert row["labels"] == [labels[i] for i in (-probs).argsort(kind="stable")[:5]], path
 
 
 def test_manifests_name_what_to_label(hostile, ray_cluster, served_repository, tmp_path):
@@ -153,10 +155,19 @@ def _many(root: Path, photo_path: Path, n: int) -> list[Path]:
     return paths
 
 
+def _count(out: Path) -> int:
+    """Rows written so far: lines after a CSV's header, or the rows of the Parquet parts written."""
+    from alexnet_server.clients.label_output import read_rows
+
+    if out.suffix == ".parquet":
+        return len(read_rows(out)) if out.is_dir() else 0
+    return max(0, out.read_text(errors="replace").count("\n") - 1) if out.is_file() else 0
+
+
 def _wait_for_rows(out: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if out.is_file() and out.read_text(errors="replace").count("\n") > n:
+        if _count(out) >= n:
             return
         time.sleep(0.2)
     raise AssertionError(f"fewer than {n} rows before the run ended or {timeout:.0f} s passed")
@@ -183,20 +194,19 @@ def test_a_killed_actor_is_replaced_and_nothing_is_lost_or_twice(ray_cluster, se
 
 def test_a_killed_driver_resumes_from_its_output(ray_cluster, served_repository, photo_path, tmp_path):
     paths = _many(tmp_path / "many", photo_path, 400)  # ~20 s of work here: the kill comes mid-run
-    out = tmp_path / "labels.jsonl"
-    args = [sys.executable, "-m", LABEL, str(tmp_path / "many"), "--out", str(out), "--engine", "ray", "--address", ray_cluster,
+    out = tmp_path / "labels.parquet"
+    args = [sys.executable, "-m", LABEL, str(tmp_path / "many"), "--out", str(out), "--part-rows", "8", "--engine", "ray", "--address", ray_cluster,
             "--repository", str(served_repository), "--batch-size", "2", "--no-progress"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.DEVNULL, start_new_session=True)
-    _wait_for_rows(out, 2, proc)
+    _wait_for_rows(out, 16, proc)  # two parts written
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    before = len(out.read_text().splitlines())
+    before = _count(out)
     assert 0 < before < len(paths), before
     again = subprocess.run([*args, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert sorted(r["path"] for r in rows) == sorted(map(str, paths)), "every file exactly once"
+    assert sorted(rows_of(out)) == sorted(map(str, paths)), "every file exactly once"
     assert f"{len(paths) - before} labelled" in again.stderr or "already in" in again.stderr, again.stderr[-1000:]
 
 
