@@ -239,12 +239,13 @@ def label_all(args: argparse.Namespace, out: LineOutput | ParquetOutput, bar, co
 
 
 def record(result: Result, out: LineOutput | ParquetOutput, bar, counts: dict[str, int]) -> None:
-    """One row written and flushed, counted, its failure said on stderr."""
+    """One row written, counted (the bar shows files/s, ETA and the failures so far), its failure said on stderr."""
     out.write(result)
     counts["failed" if result.error else "labelled"] += 1
-    bar.update(1)
     if result.error:
+        bar.set_postfix_str(f"{counts['failed']} failed", refresh=False)
         bar.write(f"alexnet-label: {result.source}: {result.error}", file=sys.stderr)
+    bar.update(1)
 
 
 def label_on_ray(args: argparse.Namespace, out: LineOutput | ParquetOutput, bar, counts: dict[str, int]) -> None:
