@@ -34,7 +34,7 @@ from typing import Iterator
 
 from alexnet_server import imaging
 from alexnet_server.clients.classifier import Classifier, ClassifierError, Result
-from alexnet_server.clients.label_output import NAME_ERRORS, PART_ROWS, LineOutput, ParquetOutput, open_output, require_pyarrow
+from alexnet_server.clients.label_output import NAME_ERRORS, PART_ROWS, Output, open_output, require_pyarrow
 from alexnet_server.clients.protocol import DEFAULT_URLS, PROTOCOLS, LocalError, add_credential_arguments, credentials_from
 from alexnet_server.contract import ENSEMBLE, layout
 from alexnet_server.contract.cli import HelpFormatter
@@ -199,7 +199,7 @@ def _check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
-def todo(args: argparse.Namespace, out: LineOutput | ParquetOutput, bar, counts: dict[str, int]) -> Iterator[tuple[str, bool]]:
+def todo(args: argparse.Namespace, out: Output, bar, counts: dict[str, int]) -> Iterator[tuple[str, bool]]:
     """(path, listed) for everything to label that ``out`` does not hold yet, in walk or manifest order."""
 
     def skipped(path: str, why: str) -> None:
@@ -214,7 +214,7 @@ def todo(args: argparse.Namespace, out: LineOutput | ParquetOutput, bar, counts:
             yield path, listed
 
 
-def label_all(args: argparse.Namespace, out: LineOutput | ParquetOutput, bar, counts: dict[str, int]) -> None:
+def label_all(args: argparse.Namespace, out: Output, bar, counts: dict[str, int]) -> None:
     """Classify every image the walk finds that ``out`` does not hold yet; raises ClassifierError
     when the server stays away longer than --retry-timeout."""
 
@@ -238,7 +238,7 @@ def label_all(args: argparse.Namespace, out: LineOutput | ParquetOutput, bar, co
         clf.close()
 
 
-def record(result: Result, out: LineOutput | ParquetOutput, bar, counts: dict[str, int]) -> None:
+def record(result: Result, out: Output, bar, counts: dict[str, int]) -> None:
     """One row written, counted (the bar shows files/s, ETA and the failures so far), its failure said on stderr."""
     out.write(result)
     counts["failed" if result.error else "labelled"] += 1
@@ -248,7 +248,7 @@ def record(result: Result, out: LineOutput | ParquetOutput, bar, counts: dict[st
     bar.update(1)
 
 
-def label_on_ray(args: argparse.Namespace, out: LineOutput | ParquetOutput, bar, counts: dict[str, int]) -> None:
+def label_on_ray(args: argparse.Namespace, out: Output, bar, counts: dict[str, int]) -> None:
     """The same rows through Ray Data (clients/label_ray.py); the bar's total is what Ray was handed."""
     from alexnet_server.clients import label_ray
 

@@ -32,6 +32,7 @@ FIELDS = ("path", "labels", "scores", "error")
 NAME_ERRORS = "surrogateescape"
 PART_ROWS = 65_536  # rows per Parquet part: ~2-4 MB written at a time
 PART_SECONDS = 300.0  # ... or fewer rows, when a part has been open this long (a slow run still saves its work)
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
 
 def require_pyarrow():
@@ -53,7 +54,7 @@ def parquet_schema():
     return pa.schema([("path", pa.binary()), ("labels", pa.list_(pa.string())), ("scores", pa.list_(pa.float32())), ("error", pa.string())])
 
 
-def open_output(path: Path, resume: bool, keep_failed: bool = False, part_rows: int = PART_ROWS) -> "LineOutput | ParquetOutput":
+def open_output(path: Path, resume: bool, keep_failed: bool = False, part_rows: int = PART_ROWS) -> "Output":
     """The writer ``path``'s suffix names: .parquet (a directory of parts), .jsonl/.ndjson/.json, else CSV.
     LocalError when ``path`` exists without ``resume`` or is not what its suffix says."""
     if path.suffix.lower() == ".parquet":
@@ -76,7 +77,7 @@ class LineOutput:
 
     def __init__(self, path: Path, resume: bool, keep_failed: bool = False) -> None:
         self.path = path
-        self.kind = "jsonl" if path.suffix.lower() in (".jsonl", ".ndjson", ".json") else "csv"
+        self.kind = "jsonl" if path.suffix.lower() in JSONL_SUFFIXES else "csv"
         self.done: set[str] = set()
         self.failed_kept = 0
         if path.is_dir():
@@ -226,10 +227,13 @@ def read_rows(path: Path) -> list[dict]:
                 out.append({**row, "path": os.fsdecode(row["path"]), "error": row["error"] or ""})
         return out
     with open(path, encoding="utf-8", errors=NAME_ERRORS, newline="") as fh:
-        if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        if path.suffix.lower() in JSONL_SUFFIXES:
             rows = [json.loads(line) for line in fh if line.strip()]
             return [{"path": r["path"], "labels": [t["label"] for t in r["top"]], "scores": [t["score"] for t in r["top"]], "error": r.get("error", "")}
                     for r in rows]  # fmt: skip
         return [{"path": r["path"], "labels": r["labels"].split(";") if r["labels"] else [],
                  "scores": [float(s) for s in r["scores"].split(";")] if r["scores"] else [], "error": r["error"]}
                 for r in csv.DictReader(fh)]  # fmt: skip
+
+
+Output = LineOutput | ParquetOutput  # what open_output gives: done, failed_kept, write(result), close()
