@@ -43,7 +43,9 @@ def _source(image: Image) -> str:
     return "<bytes>" if isinstance(image, (bytes, bytearray, memoryview)) else str(image)
 
 
-def _read(image: Image) -> bytes:
+def read_image(image: Image) -> bytes:
+    """The encoded bytes of a path or of bytes; LocalError "cannot read: <reason>" (the row both
+    label engines write for a file that cannot be read)."""
     if isinstance(image, (bytes, bytearray, memoryview)):
         return bytes(image)
     try:
@@ -144,7 +146,7 @@ class Classifier:
         """Top-k of one image.  Server faults and lost connections (transient) are retried with
         backoff for ``retry_for`` seconds; a refused image raises at once.  The error's message
         does not repeat the image's name: callers that show it add it once."""
-        data = _read(image)
+        data = read_image(image)
         deadline, delay = time.monotonic() + self.retry_for, 0.25
         while True:
             try:

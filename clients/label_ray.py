@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from alexnet_server import imaging
-from alexnet_server.clients.classifier import Result
+from alexnet_server.clients.classifier import Result, read_image
 from alexnet_server.clients.label import is_image
 from alexnet_server.clients.protocol import ClientError, LocalError, ServerError
 from alexnet_server.contract.security import MAX_IMAGE_BYTES
@@ -68,9 +68,9 @@ def read_files(batch: dict[str, np.ndarray], decode: bool) -> dict[str, np.ndarr
         status, error, item = (*_status(path, bool(listed)), None)
         if status == "ok":
             try:
-                data = Path(path).read_bytes()
-            except OSError as exc:
-                status, error = "failed", f"cannot read: {(exc.strerror or str(exc)).lower()}"
+                data = read_image(path)
+            except LocalError as exc:
+                status, error = "failed", str(exc)
             else:
                 if decode:
                     item, why = imaging.load_or_reason(data, MAX_IMAGE_BYTES)
