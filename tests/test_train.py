@@ -79,6 +79,43 @@ def test_every_recipe_field_is_a_flag():
         assert "--" + f.name.replace("_", "-") in help_text, f"--{f.name} missing from --help"
 
 
+def test_auto_speed_settings_per_kind_of_device():
+    """--auto-speed: what measured fastest per kind (train/accel.py): all three with native bf16,
+    eager fp32 on an AVX2-only CPU (or one with AVX-512 but no bf16), bf16 + channels_last on CUDA."""
+    from alexnet_server.train import accel
+
+    amx = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"}
+    assert accel.fastest(torch.device("cpu"), amx)[0] == {"amp": True, "channels_last": True, "compile": True}
+    assert accel.fastest(torch.device("cpu"), {"avx2", "avx512f", "avx512_bf16"})[0]["compile"]
+    for flags in ({"avx2", "fma"}, {"avx2", "avx512f", "avx512_vnni"}):
+        settings, why = accel.fastest(torch.device("cpu"), flags)
+        assert settings == {"amp": False, "channels_last": False, "compile": False} and "eager fp32" in why
+    assert accel.fastest(torch.device("cuda"), set())[0] == {"amp": True, "channels_last": True, "compile": False}
+
+
+def test_auto_speed_fills_only_what_no_flag_names(fashion_dir, caplog):
+    """The recipe takes --auto-speed's settings for this CPU, except a flag given explicitly;
+    without --auto-speed the recipe's defaults stand.  The log names the choice."""
+    import logging
+
+    from alexnet_server.contract import cpu
+    from alexnet_server.train import accel
+    from alexnet_server.train.cli import get_args_parser, resolve_run
+
+    expected, _ = accel.fastest(torch.device("cpu"))
+    base = ["--data", str(fashion_dir), "--preset", "demo"]
+    caplog.set_level(logging.INFO, logger="alexnet-train")
+    recipe = resolve_run(get_args_parser().parse_args([*base, "--auto-speed"])).recipe
+    assert {k: getattr(recipe, k) for k in expected} == expected
+    assert "--auto-speed on cpu" in caplog.text and ("eager fp32" in caplog.text) != cpu.has_native_bf16()
+    flip = "--no-compile" if expected["compile"] else "--compile"
+    recipe = resolve_run(get_args_parser().parse_args([*base, "--auto-speed", flip])).recipe
+    assert recipe.compile is not expected["compile"] and recipe.amp is expected["amp"]
+    assert "given explicitly: --compile" in caplog.text
+    recipe = resolve_run(get_args_parser().parse_args(base)).recipe
+    assert (recipe.amp, recipe.channels_last, recipe.compile) == (False, False, False)
+
+
 # --- statistics and augmentation -------------------------------------------------------------
 
 

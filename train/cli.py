@@ -54,6 +54,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="end the run within SECONDS of wall clock (statistics, compile and validation included): the "
                              "steps are capped after timing the first few, and a one-cycle schedule is re-sized to the cap; "
                              "0: no budget, the recipe's epochs and images")  # fmt: skip
+    parser.add_argument("--auto-speed", action="store_true",
+                        help="set --amp, --compile and --channels-last to what measured fastest on this kind of device "
+                             "(docs/RESULTS.md, Training: all three on CPUs with AMX or AVX512-BF16, eager fp32 on AVX2-only "
+                             "CPUs); any of them given explicitly wins")  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true")
 
     group = parser.add_argument_group("recipe (the paper's numbers; section in brackets)")
@@ -132,9 +136,22 @@ class Run:
         return normalisation(self.recipe.arch, self.mean_image, self.recipe.input_scale)
 
 
-def resolve_run(args: argparse.Namespace) -> Run:
-    """Phase 1: the recipe (defaults < preset < flags; on resume, the checkpoint's), the data and its subsets."""
-    explicit = _explicit_recipe(args)
+def _speed_settings(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """--auto-speed: the settings measured fastest on this device, where no flag names them."""
+    if not args.auto_speed:
+        return {}
+    settings, why = accel.fastest(device)
+    chosen = {k: v for k, v in settings.items() if f"recipe.{k}" not in vars(args)}
+    given = [f"--{k.replace('_', '-')}" for k in settings if k not in chosen]
+    log.info("--auto-speed on %s: %s (%s)%s", device.type, ", ".join(f"{k}={v}" for k, v in chosen.items()) or "nothing", why,
+             f"; given explicitly: {' '.join(given)}" if given else "")  # fmt: skip
+    return chosen
+
+
+def resolve_run(args: argparse.Namespace, device: torch.device = torch.device("cpu")) -> Run:
+    """Phase 1: the recipe (defaults < preset < --auto-speed < flags; on resume, the checkpoint's
+    < --auto-speed < flags), the data and its subsets."""
+    explicit = {**_speed_settings(args, device), **_explicit_recipe(args)}
     resume_path = (Path(args.resume) if args.resume else args.out / CHECKPOINT_NAME) if args.resume is not None else None
     state = checkpoint.load(resume_path) if resume_path else None
     if state:
@@ -222,7 +239,7 @@ def _resize_cycle(scheduler, optimizer: torch.optim.Optimizer, recipe: Recipe, s
 
 def train(args: argparse.Namespace, ctx: distributed.Context) -> dict[str, Any]:
     started = time.perf_counter()  # the time budget counts from here: statistics and compile are in it
-    run = resolve_run(args)
+    run = resolve_run(args, ctx.device)
     statistics(run, args, ctx)
     recipe = run.recipe
     per_rank_batch = max(1, recipe.batch_size // ctx.world_size)
