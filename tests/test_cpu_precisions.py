@@ -4,7 +4,9 @@ choice of precision from CPU flags, and every CPU config served through the real
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -273,6 +275,28 @@ def test_only_f32_gated_needs_no_timing(tmp_path):
     timer = Timer({})
     assert version.cpu_precision("auto", SAPPHIRE, timer) == ("f32", "f32: the only precision export's gates passed")
     assert timer.asked == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="scripts/emulate_avx2 needs root and unshare")
+def test_the_avx2_emulation_shows_an_avx2_only_cpu_of_another_kind():
+    """scripts/emulate_avx2 (docs/RESULTS.md's AVX2 figures): this project's CPU record, PyTorch's
+    kernels and Inductor see an AVX2-only CPU of another model, so export's timings from the host
+    do not count there; the host's own /proc/cpuinfo is untouched."""
+    import subprocess
+    import sys
+
+    from alexnet_server.contract import cpu
+    from tests.conftest import ROOT
+
+    probe = ("import json, os, torch; from alexnet_server.contract import cpu; "
+             "print(json.dumps([cpu.describe(), torch.backends.cpu.get_cpu_capability(), os.environ['TORCHINDUCTOR_CACHE_DIR']]))")  # fmt: skip
+    proc = subprocess.run([str(ROOT / "scripts" / "emulate_avx2"), sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    seen, capability, cache = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [name for name, on in seen["flags"].items() if on] == ["avx2"] and capability == "AVX2"
+    assert seen["model"].endswith("[ISA capped to AVX2]") and not policy.same_cpu(seen, cpu.describe())
+    assert "emulate_avx2" in cache
+    assert "[ISA capped" not in Path("/proc/cpuinfo").read_text()
 
 
 # --- every CPU config through the real Triton -----------------------------------------------------------
