@@ -56,7 +56,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "0: no budget, the recipe's epochs and images")  # fmt: skip
     parser.add_argument("--auto-speed", action="store_true",
                         help="set --amp, --compile and --channels-last to what measured fastest on this kind of device "
-                             "(docs/RESULTS.md, Training: all three on CPUs with AMX or AVX512-BF16, eager fp32 on AVX2-only "
+                             "(docs/RESULTS.md, Training: all three on CPUs with AMX or AVX512-BF16, eager fp32 on other "
                              "CPUs); any of them given explicitly wins")  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true")
 
