@@ -1,6 +1,7 @@
 # The two commands of the README:   make demo   (the main job)   and   make test.
 # Each installs what it needs: the venv, the Python packages, and Debian's packages (the data
-# set; nginx, the server's front; openssl and iproute2, which the tests' TLS and network cases use).
+# set, which the demo and the tests' GPU-check dry run train on; nginx, the server's front;
+# openssl and iproute2, which the tests' TLS and network cases use).
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -48,7 +49,7 @@ $(CHECKOV):
 	[ -x $(SCAN_VENV)/bin/python ] || $(PYTHON) -m venv $(SCAN_VENV)
 	$(SCAN_VENV)/bin/pip install -q 'checkov==$(CHECKOV_VERSION)'
 
-test: $(STAMP) $(NGINX) $(CHECKOV)
+test: $(STAMP) $(FASHION) $(NGINX) $(CHECKOV)
 	$(PY) -m pytest
 
 # When make started, before the install: the demo's deadline (DEMO_BUDGET_S) counts from here.

@@ -67,3 +67,27 @@ def plan_matches(record: dict, gpus: list[dict[str, str]], tensorrt_version: str
 
 def _major_minor_patch(version: str) -> tuple[str, ...]:
     return tuple(version.split(".")[:3])
+
+
+# Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, by the GPU's name as CUDA reports it
+# ("NVIDIA H100 80GB HBM3" is the SXM part).  NVIDIA's datasheets print the sparse figure
+# (1,979 for the H100 SXM and the H200, 1,513 for the H100 PCIe): half of it is the dense peak.
+# First match wins, so the PCIe and NVL names come before the plain "H100".
+_BF16_DENSE_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", None),  # its datasheet's figure covers a pair of boards: no per-GPU peak claimed here
+    ("H200 NVL", None),
+    ("H200", 989.0),
+    ("H100", 989.0),  # SXM5 ("H100 80GB HBM3", "H100 SXM5 80GB")
+)
+
+
+def bf16_peak_tflops(name: str) -> tuple[float | None, str]:
+    """(dense bf16 peak in TFLOP/s, which entry matched) for a GPU named ``name``; (None, why)
+    for a GPU this table does not know -- a fraction of peak is then not computed."""
+    for key, peak in _BF16_DENSE_TFLOPS:
+        if key.lower() in name.lower():
+            if peak is None:
+                return None, f"{name}: no per-GPU bf16 peak is recorded for {key} here"
+            return peak, f"{key}: {peak:g} dense bf16 TFLOP/s (NVIDIA's datasheet, half its sparse figure)"
+    return None, f"{name}: not a GPU whose bf16 peak is recorded here (H100 SXM/PCIe, H200)"

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet_server.contract import MODEL, cpu, files, layout
-from alexnet_server.runtime import engines, precision
+from alexnet_server.runtime import engines, model_config, precision
 from alexnet_server.runtime.engines import Runtime, RuntimeUnavailable
 
 FORMAT = 1  # export.json's format; a reader refuses any other
@@ -256,18 +256,15 @@ _PLATFORM_BACKENDS = {"tensorrt_plan": "tensorrt", "onnxruntime_onnx": "onnxrunt
 
 def served_configs(template: str | os.PathLike = layout.TEMPLATE, model: str = MODEL) -> dict[str, ServedConfig]:
     """alexnet's config variants, read from the template's pbtxt files with Triton's own
-    ModelConfig schema (tritonclient's protobuf): the one description of each."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
+    ModelConfig schema (``runtime.model_config``): the one description of each."""
     folder = Path(template) / model
     found = {}
     for path in [folder / "config.pbtxt", *sorted((folder / "configs").glob("*.pbtxt"))]:
         if not path.is_file():
             continue
-        config = text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
-        params = {k: v.string_value for k, v in config.parameters.items()}
-        backend = config.backend or _PLATFORM_BACKENDS.get(config.platform, config.platform)
+        config = model_config.read(path)
+        params = model_config.parameters(config)
+        backend = config.get("backend") or _PLATFORM_BACKENDS.get(config.get("platform", ""), config.get("platform", ""))
         named = path.parent.name == "configs"
         name = path.stem if named else backend
         found[name] = ServedConfig(name, path.stem if named else None, backend, params.get("runtime", backend),

@@ -2,7 +2,7 @@
 
 On the GPU machine, from the checkout, with the bundle beside it (scripts/gpu_check bundle):
 
-    python3 scripts/gpu_check.py --bundle .gpu-check --out $OUT            # ~8 minutes on an H200
+    python3 scripts/gpu_check.py --bundle .gpu-check --out $OUT            # ~8 minutes on an H100 or H200
     python3 scripts/gpu_check.py --bundle .gpu-check --out /tmp/x --device cpu --quick   # a dry run on a CPU
 
 Steps: train the demo preset on the GPU (AMP, channels_last, bounded time); export the
@@ -32,15 +32,16 @@ import tempfile
 import threading
 import time
 import zipfile
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from alexnet_server.contract import ENSEMBLE, IMAGE_BYTES, MODEL, PREPROCESS, PROBS  # noqa: E402 - the checkout first on the path; stdlib only
+import import_walk  # noqa: E402 - beside this script; standard library only
+from alexnet_server.contract import ENSEMBLE, IMAGE_BYTES, MODEL, PREPROCESS, PROBS, gpu  # noqa: E402 - the checkout first on the path; stdlib only
+
 HTTP_PORT = 18600
 GFLOP_PER_CROP = 1.44  # paper AlexNet at 224: ~0.72 G multiply-adds per crop (conv 666 M, fc 55 M)
-H200_BF16_TFLOPS = 989.0  # H200's dense bf16 tensor-core peak (NVIDIA's H200 datasheet: 1,979 with sparsity)
 EXPORT_TIMEOUT_S = 300
 READY_TIMEOUT_S = 240
 PREFLIGHT_TIMEOUT_S = 120
@@ -48,6 +49,71 @@ PREFLIGHT_TIMEOUT_S = 120
 
 class CheckFailed(RuntimeError):
     """A stage cannot go on; the message says why in one line (it ends up in gpu_check.json)."""
+
+
+# The stages this check runs, by their entry points.  The pre-flight imports what the code of each
+# imports (scripts/import_walk.py reads it, nothing is listed by hand), in the interpreter and
+# environment the stage will run in; the bundle carries every such package the GPU machine is not
+# known to have.
+STAGES: dict[str, list[str | Path]] = {
+    "train": ["alexnet_server.train"],
+    "export": ["alexnet_server.export"],
+    # alexnet-serve, and the two python-backend models its Triton runs in the stub's Python
+    "serve": ["alexnet_server.server", ROOT / "model_repository" / "alexnet" / "model.py", ROOT / "model_repository" / "preprocess" / "1" / "model.py"],
+    "check": [Path(__file__).resolve()],  # this script: the reference, GPU decode, the served checks and benchmarks
+}
+# What the GPU machine is known to have (the device tool's page): never carried.
+GPU_MACHINE_HAS = {"torch", "torchvision", "PIL", "numpy"}
+# What the bundle's Triton itself provides: its python backend's utilities, the wheel's layout.
+FROM_TRITON = {"triton_python_backend_utils", "pytriton"}
+# Imports on code paths this check does not run (dotted prefixes), and why.  Every other import
+# the walk finds must succeed in the pre-flight: a new one fails there in seconds, not minutes in.
+NOT_RUN_HERE = {
+    "onnx": "export writes TorchScript only here (--formats torchscript)",
+    "onnxruntime": "the check serves the pytorch config and exports no ONNX",
+    "openvino": "the CPU configs' runtime; the check serves the pytorch config",
+    "tensorrt": "the GPU machine has no TensorRT; export writes TorchScript only",
+    "cuda": "cuda-python drives TensorRT engines only",
+    "matplotlib": "plots only; the sample photographs travel in the bundle",
+    "tritonclient.http": "alexnet-serve's periodic health probe; the check serves with --health-interval 0",
+    "tritonclient.utils": "alexnet-serve's periodic health probe; the check serves with --health-interval 0",
+}
+
+
+def stage_needs(stage: str) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+    """What importing and running ``stage`` needs: ([(kind, name, where)] to import in the pre-flight:
+    the project modules its entries import, then the other packages its code imports), and
+    {other package's module: where it is first imported}.  Guarded imports, Triton's own
+    modules and NOT_RUN_HERE are left out."""
+    found = import_walk.walk(STAGES[stage], ROOT)
+    others: dict[str, str] = {}
+    for use in sorted(found.uses, key=lambda u: not u.eager):  # where an import runs on import, say so
+        if use.guarded or use.top in FROM_TRITON or any(use.module == p or use.module.startswith(p + ".") for p in NOT_RUN_HERE):
+            continue
+        when = "on import" if use.eager else use.scope if use.scope != "module level" else "in a module imported lazily"
+        others.setdefault(use.module, f"{use.where}, {when}")
+    todo = [("file" if name.startswith("<") else "module", str(found.files[name]) if name.startswith("<") else name, "imported by the entry")
+            for name in found.eager if not name.endswith(".__main__")]  # fmt: skip - a __main__ would run the stage
+    return todo + [("module", module, where) for module, where in others.items()], others
+
+
+def carried_distributions() -> list[str]:
+    """``name==version`` (as installed here) of every distribution the stages import that the GPU
+    machine may lack: what the bundle carries.  Raises CheckFailed for one not installed here."""
+    from importlib import metadata
+
+    owners = metadata.packages_distributions()
+    wanted = {m for stage in STAGES for m in stage_needs(stage)[1] if m.split(".")[0] not in GPU_MACHINE_HAS}
+    found = set()
+    for module in sorted(wanted):
+        candidates = owners.get(module.split(".")[0], [])
+        if len(candidates) > 1:  # a namespace (google.*): the distribution holding this module's folder
+            prefix = module.replace(".", "/")
+            candidates = [d for d in candidates if any(str(f).startswith(prefix + "/") or str(f) == prefix + ".py" for f in metadata.files(d) or [])]
+        if not candidates:
+            raise CheckFailed(f"{module} is imported by a stage but not installed in this environment: it cannot be carried")
+        found |= {f"{d}=={metadata.version(d)}" for d in candidates}
+    return sorted(found)
 
 
 def log(message: str) -> None:
@@ -65,7 +131,7 @@ def sh(cmd: list[str], timeout: float = 30) -> str:
 
 
 def unpack(bundle: Path, work: Path) -> dict:
-    """Triton's site folder, a stub venv with NumPy 1.26 first, the fallback tqdm, the libpython to load.
+    """Triton's site folder, a stub venv with NumPy 1.26 first, the carried packages, the libpython to load.
 
     Raises CheckFailed when the bundle was made for another Python, or when the stub could only
     run on the carried libpython with a standard library that does not fit it."""
@@ -78,9 +144,15 @@ def unpack(bundle: Path, work: Path) -> dict:
     if not site.is_dir():
         with tarfile.open(bundle / "triton.tar.xz") as tar:
             tar.extractall(site)
+    # The packages the stages import that the GPU machine may lack (carried_distributions): first
+    # on every stage's path, so the versions tested with the project are the ones that run.
+    carried = work / "carried"
+    if not carried.is_dir():
+        carried.mkdir()
+        for wheel in sorted((bundle / "wheels").glob("*.whl")):
+            zipfile.ZipFile(wheel).extractall(carried)
     venv = work / "stubenv"
     packages = venv / "lib" / f"python{pyver}" / "site-packages"
-    fallback = work / "fallback"
     if not packages.is_dir():
         base = Path(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
         (venv / "bin").mkdir(parents=True)
@@ -89,18 +161,13 @@ def unpack(bundle: Path, work: Path) -> dict:
         packages.mkdir(parents=True)
         with tarfile.open(bundle / "numpy.tar.xz") as tar:
             tar.extractall(packages)
-        fallback.mkdir(exist_ok=True)
-        try:
-            import tqdm  # noqa: F401
-        except ImportError:
-            zipfile.ZipFile(next((bundle / "wheels").glob("tqdm-*.whl"))).extractall(fallback)
         import site as pysite
 
         ours = [p for p in pysite.getsitepackages() if Path(p).is_dir()]
-        # The project, then this interpreter's packages (torch, torchvision, Pillow), then the fallbacks.
-        (packages / "zz_project.pth").write_text(f"{ROOT}\n" + "".join(f"import site; site.addsitedir({p!r})\n" for p in ours) + f"{fallback}\n")
-    sys.path.append(str(fallback))
-    return {"site": site / "site", "stub_python": venv / "bin" / "python3", "libpy": libpy, "libpython": source, "fallback": fallback,
+        # NumPy 1.26 (this folder), the project, the carried packages, then this interpreter's (torch, torchvision, Pillow).
+        (packages / "zz_project.pth").write_text(f"{ROOT}\n{carried}\n" + "".join(f"import site; site.addsitedir({p!r})\n" for p in ours))
+    sys.path.insert(1, str(carried))  # after the checkout (sys.path[0])
+    return {"site": site / "site", "stub_python": venv / "bin" / "python3", "libpy": libpy, "libpython": source, "carried": carried,
             "stub": site / "site" / "pytriton" / "tritonserver" / "python_backend_stubs" / pyver / "triton_python_backend_stub"}  # fmt: skip
 
 
@@ -139,6 +206,54 @@ def server_env(paths: dict) -> dict:
     return env
 
 
+def stage_env(paths: dict) -> dict:
+    """The environment train, export and this script's own steps run with: the checkout, then the carried packages."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(paths["carried"])])}
+
+
+# Run in a stage's interpreter: import each of argv[1]'s (kind, name, where), collect what fails.
+_IMPORT_PROBE = """
+import importlib, importlib.util, json, sys
+problems = []
+for k, (kind, name, where) in enumerate(json.loads(sys.argv[1])):
+    try:
+        if kind == "file":  # as when run: its folder first on the path
+            sys.path.insert(0, name.rpartition("/")[0])
+            spec = importlib.util.spec_from_file_location(f"_preflight_{k}", name)
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))
+            sys.path.pop(0)
+        else:
+            importlib.import_module(name)
+    except BaseException as exc:
+        problems.append([name, where, (f"{type(exc).__name__}: {exc}".splitlines() or ["?"])[0][:300]])
+print(json.dumps(problems))
+"""
+
+
+def import_problems(paths: dict) -> dict[str, list[list[str]]]:
+    """{stage: [[module, where, error]]} after importing, in each stage's own interpreter and
+    environment, everything ``stage_needs`` lists: the stages run at once, in seconds."""
+    backend = paths["site"] / "pytriton" / "tritonserver" / "backends" / "python"  # triton_python_backend_utils, as the stub has it
+    serve_env = server_env(paths)
+    serve_env["PYTHONPATH"] = os.pathsep.join([serve_env["PYTHONPATH"], str(backend)])
+    runs = {stage: ([str(paths["stub_python"]) if stage == "serve" else sys.executable, "-c", _IMPORT_PROBE, json.dumps(stage_needs(stage)[0])],
+                    serve_env if stage == "serve" else stage_env(paths)) for stage in STAGES}  # fmt: skip
+
+    def run(stage: str) -> list[list[str]]:
+        cmd, env = runs[stage]
+        try:
+            got = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=PREFLIGHT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return [["(all)", STAGES[stage][0], f"the imports took over {PREFLIGHT_TIMEOUT_S} s"]]
+        try:
+            return json.loads(got.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            return [["(all)", str(STAGES[stage][0]), (got.stderr.strip().splitlines() or [f"exit {got.returncode}"])[-1][:300]]]
+
+    with ThreadPoolExecutor(len(runs)) as pool:
+        return dict(zip(runs, pool.map(run, runs)))
+
+
 def stub_problem(paths: dict) -> str | None:
     """Why the python-backend stub cannot start here (None when it loads): run once with no
     arguments, it either exits on its usage or stops at the loader (a missing libpython)."""
@@ -152,11 +267,12 @@ def stub_problem(paths: dict) -> str | None:
     return None
 
 
-def preflight(paths: dict, device: str) -> dict:
+def preflight(paths: dict, device: str, out: dict) -> None:
     """Seconds, not minutes: the stub loads, the stub's Python has NumPy < 2 and torch, CUDA is
-    visible where asked.  Raises CheckFailed with the first problem."""
+    visible where asked, and every stage imports what its code imports.  Fills ``out`` as it
+    goes (the report keeps it when a step fails); raises CheckFailed with the first problem."""
     env = server_env(paths)
-    out: dict = {"libpython": paths["libpython"]}
+    out["libpython"] = paths["libpython"]
     if problem := stub_problem(paths):
         raise CheckFailed(problem)
     out["stub_loads"] = True
@@ -173,7 +289,13 @@ def preflight(paths: dict, device: str) -> dict:
         raise CheckFailed(f"the stub's Python has NumPy {numpy_version}; the 24.10 stub needs NumPy < 2")
     if device == "cuda" and not out["stub_cuda"]:
         raise CheckFailed("the stub's Python sees no CUDA device: serving would fall back to the CPU")
-    return out
+    problems = import_problems(paths)
+    out["imports"] = {stage: {"checked": len(stage_needs(stage)[0]), "failed": found} for stage, found in problems.items()}
+    for stage, found in problems.items():
+        if found:
+            module, where, error = found[0]
+            more = f" (and {len(found) - 1} more, in gpu_check.json)" if len(found) > 1 else ""
+            raise CheckFailed(f"pre-flight: the {stage} stage cannot import {module} ({where}): {error}{more}")
 
 
 # --- a small KServe-v2 HTTP client (the GPU machine has no tritonclient) -------------------------------------
@@ -269,7 +391,17 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a dry run of the flow on a CPU")
     parser.add_argument("--train-seconds", type=float, default=150, help="training's bound (it stops after the epoch that passes it)")
     parser.add_argument("--level-seconds", type=float, default=15)
+    parser.add_argument("--list-carried", action="store_true", help="print the distributions the bundle carries (name==version, one a line) and exit")
+    parser.add_argument("--list-imports", action="store_true", help="print what the pre-flight imports for each stage and exit")
     args = parser.parse_args()
+    if args.list_carried or args.list_imports:
+        try:
+            lines = carried_distributions() if args.list_carried else [f"{stage}: {name}  ({where})" for stage in STAGES for _, name, where in stage_needs(stage)[0]]
+        except CheckFailed as exc:
+            print(f"gpu_check: {exc}", file=sys.stderr)
+            return 1
+        print("\n".join(lines))
+        return 0
     args.bundle, args.out = args.bundle.resolve(), args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -296,19 +428,24 @@ def check(args, report: dict, t0: float) -> int:
     import numpy as np
     import torch
 
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    peak, peak_source = gpu.bf16_peak_tflops(name) if name else (None, "no GPU")
+    report["env"] = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__, "device": device, "gpu": name,
+                     "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if name else None,
+                     "bf16_peak_tflops": peak, "bf16_peak_source": peak_source, "cpus": os.cpu_count(),
+                     "nvidia_smi": sh(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])}  # fmt: skip
+    log(f"env: {report['env']}")
+    report["stage"] = "preflight"
+    report["preflight"] = {}
+    preflight(paths, device, report["preflight"])
+    log(f"preflight: {report['preflight']}")
+
     from alexnet_server import imaging
     from alexnet_server.imaging import gpu as gpu_decode
     from alexnet_server.runtime import Version
 
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    report["env"] = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__, "device": device,
-                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "cpus": os.cpu_count(),
-                     "nvidia_smi": sh(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]),
-                     "gpu_decode": gpu_decode.unavailable() or "available"}  # fmt: skip
-    log(f"env: {report['env']}")
-    report["stage"] = "preflight"
-    report["preflight"] = preflight(paths, device)
-    log(f"preflight: {report['preflight']}")
+    report["env"]["gpu_decode"] = gpu_decode.unavailable() or "available"
     n_test, epochs, limit, workers = (64, 1, 256, 2) if args.quick else (2000, 2, 12000, min(12, os.cpu_count() or 4))
 
     # 1. train, bounded (the loader's workers decode; AMP + channels_last on CUDA)
@@ -321,11 +458,10 @@ def check(args, report: dict, t0: float) -> int:
     if device == "cuda":
         cmd += ["--amp", "--channels-last"]
     started = time.perf_counter()
-    # The project and the fallback packages (tqdm, Pillow where missing) for the stages run as subprocesses.
-    stage_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(paths["fallback"])])}
+    env = stage_env(paths)
     with open(args.out / "train.log", "w") as fh:
         try:
-            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=stage_env, timeout=args.train_seconds).returncode
+            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env, timeout=args.train_seconds).returncode
         except subprocess.TimeoutExpired:
             rc = "stopped at the time bound"  # the last finished epoch's checkpoint is used
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").is_file() else []
@@ -341,7 +477,7 @@ def check(args, report: dict, t0: float) -> int:
     try:
         exp = subprocess.run([sys.executable, "-m", "alexnet_server.export", str(run / "checkpoint.pt"), "--repository", str(served), "--formats", "torchscript",
                               "--check-images", str(args.bundle / "photos")],
-                             capture_output=True, text=True, cwd=ROOT, env=stage_env, timeout=EXPORT_TIMEOUT_S)  # fmt: skip
+                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=EXPORT_TIMEOUT_S)  # fmt: skip
     except subprocess.TimeoutExpired:
         raise CheckFailed(f"export did not finish within {EXPORT_TIMEOUT_S} s") from None
     report["export"] = {"rc": exp.returncode, "stdout": exp.stdout[-800:], "stderr": exp.stderr[-800:]}
@@ -398,8 +534,11 @@ def check(args, report: dict, t0: float) -> int:
     # 5. serve with the pytorch config (the stubs on NumPy 1.26), then the served checks
     report["stage"] = "serve"
     env = server_env(paths)
-    # The GPU machine may have no nginx (nothing can be installed there): then Triton alone on loopback.
-    front = "nginx" if shutil.which("nginx") or Path("/usr/sbin/nginx").is_file() else "none"
+    # The GPU machine has no nginx and nothing can be installed there: then Triton alone on loopback.
+    nginx = shutil.which("nginx")
+    front = "nginx" if nginx else "none"
+    front_why = f"nginx on PATH ({nginx})" if nginx else "no nginx on PATH (the GPU machine has none): Triton alone on loopback, --front none"
+    log(f"front: {front_why}")
     launched = time.perf_counter()
     serve = subprocess.Popen([str(paths["stub_python"]), "-m", "alexnet_server.server", "--repository", str(served), "--config", "pytorch",
                               "--http-port", str(HTTP_PORT), "--grpc-port", str(HTTP_PORT + 1), "--metrics-port", str(HTTP_PORT + 2),
@@ -419,7 +558,7 @@ def check(args, report: dict, t0: float) -> int:
     deadline = time.monotonic() + READY_TIMEOUT_S + 30
     while time.monotonic() < deadline and serve.poll() is None and not ready.wait(0.5):
         pass
-    report["server"] = {"ready": ready.is_set(), "start_to_ready_s": round(time.perf_counter() - launched, 1), "front": front}
+    report["server"] = {"ready": ready.is_set(), "start_to_ready_s": round(time.perf_counter() - launched, 1), "front": front, "front_why": front_why}
     if not ready.is_set():
         report["server"]["exit"] = _stop(serve)
         report["server"]["output"] = output[-40:]
@@ -528,10 +667,11 @@ def benchmarks(report: dict, args, version, device: str, jpegs: list[bytes]) -> 
         return n / (time.perf_counter() - started)
 
     rate = timed(lambda: model(x), args.level_seconds / 3)
-    crops = 10
-    bench["inprocess_model_only"] = {"batch": batch, "images_per_s": round(rate, 1), "precision": model.precision,
-                                     "tflops": round(rate * crops * GFLOP_PER_CROP / 1e3, 1),
-                                     "fraction_of_bf16_peak": round(rate * crops * GFLOP_PER_CROP / 1e3 / H200_BF16_TFLOPS, 4)}  # fmt: skip
+    tflops = rate * 10 * GFLOP_PER_CROP / 1e3  # 10 crops per image
+    peak = report["env"]["bf16_peak_tflops"]  # by the GPU's name; None (said why in env) for one not in the table
+    bench["inprocess_model_only"] = {"batch": batch, "images_per_s": round(rate, 1), "precision": model.precision, "tflops": round(tflops, 1),
+                                     "fraction_of_bf16_peak": round(tflops / peak, 4) if peak else None,
+                                     "peak": report["env"]["bf16_peak_source"]}  # fmt: skip
     pipeline_jpegs = [jpegs[i % len(jpegs)] for i in range(batch)]
     if gpu_decode.unavailable() is None:
         plans = [gpu_decode.plan(b, imaging.MAX_PIXELS) for b in pipeline_jpegs]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +130,158 @@ def test_libpython_fallback_only_where_the_standard_library_fits(tmp_path, monke
     else:
         folder, source = gpu_check._libpython(tmp_path, tmp_path, pyver)
         assert source.startswith("the bundle's") and (Path(folder) / f"libpython{pyver}.so.1.0").read_bytes() == b"not really a library"
+
+
+# --- the GPU machine's bare stack, on this CPU ---------------------------------------------------------------
+
+# What the GPU machine is known to have: torch with its torchvision (which brings Pillow) and NumPy 2.
+# torch 2.14.1 is the release on this machine's disk for the tests' Python (the GPU machine has 2.11
+# for 3.12: other releases would download gigabytes).
+BARE_STACK = ["torch==2.14.1", "torchvision==0.29.1", "numpy>=2"]
+
+
+def _cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alexnet-server"
+
+
+@pytest.fixture(scope="session")
+def bare_venv() -> Path:
+    """A venv holding exactly BARE_STACK (and what torch itself requires), built once (~1.5 min,
+    5.5 GB) and kept in the user's cache, keyed by the tests' Python and the stack."""
+    pyver = f"{sys.version_info.major}.{sys.version_info.minor}"
+    folder = _cache() / f"bare-venv-py{pyver}-{'-'.join(p.replace('==', '').replace('>=', 'ge') for p in BARE_STACK)}"
+    if not (folder / ".complete").is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        free_gb = shutil.disk_usage(folder.parent).free / 2**30
+        assert free_gb > 7, f"the bare venv takes 5.5 GB under {folder.parent}, which has {free_gb:.1f} GB free (set XDG_CACHE_HOME elsewhere)"
+        base = getattr(sys, "_base_executable", sys.executable)
+        subprocess.run([base, "-m", "venv", str(folder)], check=True, timeout=300)
+        pip = subprocess.run([str(folder / "bin" / "python"), "-m", "pip", "install", "-q", *BARE_STACK], capture_output=True, text=True, timeout=1800)
+        assert pip.returncode == 0, pip.stderr[-2000:]
+        (folder / ".complete").write_text("")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bare_bundle(module_tmp) -> Path:
+    """A bundle for the tests' own Python, with the Fashion-MNIST subset the run trains on."""
+    if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("needs Debian's dataset-fashion-mnist (make test installs it)")
+    dest = module_tmp / "bundle-here"
+    env = {**os.environ, "PYVER": f"{sys.version_info.major}.{sys.version_info.minor}", "XZ_LEVEL": "0", "VENV_PY": sys.executable}
+    proc = subprocess.run(["bash", "scripts/gpu_check", "bundle", str(dest)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return dest
+
+
+def _bare_run(venv: Path, bundle: Path, tmp: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """scripts/gpu_check.py as on the GPU machine: that venv's python first on PATH, nothing of
+    the tests' environment, and no nginx on PATH (the GPU machine has none)."""
+    dirs = [str(venv / "bin")] + [d for d in ("/usr/local/bin", "/usr/bin", "/bin") if not Path(d, "nginx").exists()]
+    env = {"HOME": str(Path.home()), "PATH": os.pathsep.join(dirs), "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+    out = tmp / "out"
+    cmd = ["python", str(ROOT / "scripts" / "gpu_check.py"), "--bundle", str(bundle), "--out", str(out), "--work", str(tmp / "work"),
+           "--device", "cpu", "--quick", "--level-seconds", "3", *extra]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=1200)
+    report = json.loads((out / "gpu_check.json").read_text()) if (out / "gpu_check.json").is_file() else {}
+    return proc, report
+
+
+@pytest.mark.slow
+def test_the_dry_run_passes_on_the_gpu_machines_bare_stack(bare_venv, bare_bundle, tmp_path):
+    """Issue 32's dry run: train, export, serve and check with only torch, torchvision, Pillow and
+    NumPy 2 installed; everything else the stages import comes from the bundle."""
+    proc, report = _bare_run(bare_venv, bare_bundle, tmp_path)
+    tail = proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0 and report.get("ok") is True, tail
+    assert report["stage"] == "done" and report["env"]["numpy"].startswith("2."), report["env"]
+    imports = report["preflight"]["imports"]
+    assert set(imports) == {"train", "export", "serve", "check"} and all(v["checked"] > 0 and v["failed"] == [] for v in imports.values()), imports
+    # No nginx on PATH: the check serves Triton alone and says why.
+    assert report["server"]["front"] == "none" and "no nginx on PATH" in report["server"]["front_why"], report["server"]
+    assert "front: no nginx on PATH" in proc.stdout
+    # What a CPU cannot check is reported as skipped, never counted as passed.
+    assert set(report["skipped"]) == {"gpu_decode_pixels", "served_on_device"}, report["skipped"]
+    ran = {name for name, c in report["checks"].items() if c.get("ok") is not None}
+    assert ran == {"served_parity", "dynamic_batching", "served_jpeg_vs_cpu_decode", "bad_image"}
+    assert report["bench"]["inprocess_model_only"]["fraction_of_bf16_peak"] is None, "no peak without a GPU"
+
+
+def test_a_package_the_bundle_lacks_fails_in_the_preflight(bare_venv, bare_bundle, tmp_path):
+    """Without the carried protobuf: one line naming the stage and the module, before training starts."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bare_bundle, bundle, copy_function=os.link)
+    for wheel in (bundle / "wheels").glob("protobuf-*.whl"):
+        wheel.unlink()
+    proc, report = _bare_run(bare_venv, bundle, tmp_path)
+    assert proc.returncode == 1 and report["stage"] == "preflight" and "train" not in report, report.get("error")
+    assert re.match(r"pre-flight: the (train|export|serve|check) stage cannot import \S+ \(.+\): ModuleNotFoundError: No module named 'google'", report["error"]), report["error"]
+    failed = {stage: [m for m, _, _ in v["failed"]] for stage, v in report["preflight"]["imports"].items()}
+    assert "alexnet_server.server.config_choice" in failed["serve"], failed  # it reads the configs on import
+    assert failed["train"] == [], "training reads no Triton config"
+    assert proc.stdout.strip().splitlines()[-1].startswith("gpu_check: FAILED")
+
+
+def test_the_bundle_carries_what_the_stages_import_and_the_gpu_machine_lacks():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import gpu_check
+
+    carried = {line.split("==")[0] for line in gpu_check.carried_distributions()}
+    assert {"protobuf", "tritonclient", "tqdm"} <= carried, carried
+    assert not carried & {"torch", "torchvision", "numpy", "pillow", "Pillow"}, "the GPU machine has those"
+    # Nothing the check does not run is carried: ONNX, OpenVINO, TensorRT, gRPC.
+    assert not carried & {"onnx", "onnxruntime", "openvino", "tensorrt", "grpcio"}, carried
+
+
+@pytest.mark.parametrize(
+    "name, peak",
+    [("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H200", 989.0), ("NVIDIA H100 NVL", None), ("NVIDIA A100-SXM4-80GB", None)],
+)
+def test_the_peak_comes_from_the_gpus_name(name, peak):
+    from alexnet_server.contract import gpu
+
+    got, why = gpu.bf16_peak_tflops(name)
+    assert got == peak, why
+    assert why, "the report says where the peak came from, or why there is none"
+
+
+def test_device_command_is_one_prepared_line(tmp_path):
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (bundle / "bundle.json").write_text(json.dumps({"python": "3.11", "carried": []}))
+    wrong = subprocess.run(["bash", "scripts/gpu_check", "device-command", str(bundle)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 1 and "PYVER=3.12 scripts/gpu_check bundle" in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1
+    (bundle / "bundle.json").write_text(json.dumps({"python": "3.12", "carried": []}))
+    got = subprocess.run(["bash", "scripts/gpu_check", "device-command", str(bundle)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    comments, command = [line for line in got.stdout.splitlines() if line.startswith("#")], [line for line in got.stdout.splitlines() if line and not line.startswith("#")]
+    assert len(command) == 1 and len(command[0]) <= 2000, "the device tool takes one command of at most 2,000 characters"
+    assert f"--bundle {bundle}" in command[0] and '--out "$OUT"' in command[0] and "timeout" in command[0]
+    assert f'carry=["{bundle}"]' in comments[0] and "timeout_s=600" in comments[0]
+
+
+def test_the_import_walk_tells_eager_lazy_and_guarded_imports(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import import_walk
+
+    pkg = tmp_path / "stage"
+    pkg.mkdir()
+    (tmp_path / "alexnet_server").mkdir()
+    (tmp_path / "alexnet_server" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text("from alexnet_server.stage import cli\n")
+    (pkg / "cli.py").write_text(
+        "import json\nimport eagerpkg.sub\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import typed_only\n"
+        "try:\n    import optional_pkg\nexcept ImportError:\n    optional_pkg = None\n"
+        "def main():\n    import lazypkg\n    from alexnet_server.stage import heavy\n")
+    (pkg / "heavy.py").write_text("import heavypkg\n")
+    found = import_walk.walk(["alexnet_server.stage"], tmp_path)
+    uses = {u.module: u for u in found.uses}
+    assert set(uses) == {"eagerpkg.sub", "optional_pkg", "lazypkg", "heavypkg"}, "stdlib and TYPE_CHECKING imports are not packages to carry"
+    assert uses["eagerpkg.sub"].eager and not uses["eagerpkg.sub"].guarded
+    assert uses["optional_pkg"].guarded
+    assert not uses["lazypkg"].eager and uses["lazypkg"].scope == "in main"
+    # a module only a function imports: its module-level imports run only when that function does
+    assert not uses["heavypkg"].eager and "alexnet_server.stage.heavy" in found.modules and "alexnet_server.stage.heavy" not in found.eager
+    assert "alexnet_server.stage.__main__" in found.eager and "alexnet_server.stage.cli" in found.eager
