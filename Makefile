@@ -9,6 +9,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 NGINX := /usr/sbin/nginx
+# nginx's JavaScript module: the front checks every HTTP inference request with it (server/front_check.js).
+NGINX_JS := /usr/lib/nginx/modules/ngx_http_js_module.so
 # The security scanner the tests run on deploy/k8s and the Dockerfile, in a venv of its own
 # (checkov pins dozens of packages the project's venv must not have to agree with).  Pinned:
 # a new checkov adds checks, and a gate should move when we move it.
@@ -41,21 +43,21 @@ $(STAMP): pyproject.toml
 $(FASHION):
 	@$(APT_INSTALL) dataset-fashion-mnist
 
-$(NGINX):
-	@$(APT_INSTALL) nginx openssl iproute2
+$(NGINX) $(NGINX_JS):
+	@$(APT_INSTALL) nginx libnginx-mod-http-js openssl iproute2
 	@{ command -v systemctl >/dev/null && systemctl disable --now nginx >/dev/null 2>&1; } || true
 
 $(CHECKOV):
 	[ -x $(SCAN_VENV)/bin/python ] || $(PYTHON) -m venv $(SCAN_VENV)
 	$(SCAN_VENV)/bin/pip install -q 'checkov==$(CHECKOV_VERSION)'
 
-test: $(STAMP) $(FASHION) $(NGINX) $(CHECKOV)
+test: $(STAMP) $(FASHION) $(NGINX) $(NGINX_JS) $(CHECKOV)
 	$(PY) -m pytest
 
 # When make started, before the install: the demo's deadline (DEMO_BUDGET_S) counts from here.
 DEMO_STARTED_AT := $(shell date +%s)
 
-demo: $(STAMP) $(FASHION) $(NGINX)
+demo: $(STAMP) $(FASHION) $(NGINX) $(NGINX_JS)
 	DEMO_STARTED_AT=$(DEMO_STARTED_AT) bash scripts/demo.sh
 
 clean:

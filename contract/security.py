@@ -21,6 +21,15 @@ MAX_IMAGE_BYTES = 64 * 2**20
 # JSON header or a gRPC ModelInferRequest's fields are a few hundred bytes).  A batch of
 # several images shares the same cap.
 MAX_REQUEST_BYTES = MAX_IMAGE_BYTES + 2**20
+# What an HTTP inference request may hold besides (server/front_check.js checks it before
+# Triton): its JSON part -- the inference header of the binary tensor extension, or the whole
+# body when tensors travel as JSON -- and the tensors it names.  Our clients send one input and
+# one or two outputs with a header of a few hundred bytes; a JSON tensor is an inefficient form
+# (an image is ~0.8 MB of JSON numbers), kept small because the check parses it whole.
+MAX_JSON_HEADER_BYTES = 64 * 2**10
+MAX_JSON_REQUEST_BYTES = 4 * 2**20
+MAX_TENSORS = 8  # inputs, and outputs, per request
+MAX_TENSOR_DIMS = 8
 
 TOKEN_ENV = "ALEXNET_TOKEN"
 TOKEN_FILE_ENV = "ALEXNET_TOKEN_FILE"
