@@ -1,7 +1,7 @@
-# AlexNet on Triton, GPU host: NGC release 25.10 (Triton 2.62.0, CUDA 13.0.2, Python 3.12,
-# Ubuntu 24.04), which carries the fixes of NVIDIA's 2025 security bulletins for Triton
-# (CVE-2025-23310/23311 chunked-request crash, CVE-2025-23319/23320/23334 python-backend
-# shared memory; fixed from 25.07).  Versions and their sources: README, "NGC container".
+# AlexNet on Triton, GPU host: NGC release 26.07 (Triton 2.71.0, CUDA 13.3.1, Python 3.12,
+# Ubuntu 24.04), the first image with every published Triton bulletin of 2025 and 2026 fixed
+# (their "updated version" columns: 26.06 for 5865, 26.07 for 5875; README, "Security").
+# Versions and their sources: README, "NGC container".
 #   docker build -t alexnet-triton .
 #   docker run --gpus all --read-only --tmpfs /tmp --shm-size=1g -p 127.0.0.1:8000-8002:8000-8002 \
 #       -v $PWD/served:/opt/alexnet/served -v $PWD/secrets:/run/secrets/alexnet:ro alexnet-triton
@@ -18,11 +18,12 @@
 # --shm-size: the python-backend models (preprocess) pass tensors through /dev/shm; Docker's
 # 64 MB default is too small (one 64-image batch of IMAGE is 12.6 MB, and the python
 # backend's default arena starts at 1 MB and grows; its README uses 1g too).
-FROM nvcr.io/nvidia/tritonserver:25.10-py3
+FROM nvcr.io/nvidia/tritonserver:26.07-py3
 
-# nginx: the front door alexnet-serve puts before Triton (server/front.py).
+# nginx and its JavaScript module: the front door alexnet-serve puts before Triton, which checks
+# every inference request before Triton reads it (server/front.py, server/front_check.js).
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx libnginx-mod-http-js \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/alexnet

@@ -27,7 +27,7 @@ INSTALL_MIN_FREE_GIB ?= 9
 # The demo's settings (training budget, export, ports) live in scripts/demo.sh; override them
 # with its DEMO_* variables, e.g. make demo DEMO_BUDGET_S=0 DEMO_TRAIN_BUDGET_S=0 DEMO_TRAIN_ARGS="--preset demo --epochs 10 --auto-speed".
 
-.PHONY: install test demo clean
+.PHONY: install test demo fuzz clean
 
 install: $(STAMP)
 
@@ -59,6 +59,15 @@ DEMO_STARTED_AT := $(shell date +%s)
 
 demo: $(STAMP) $(FASHION) $(NGINX) $(NGINX_JS)
 	DEMO_STARTED_AT=$(DEMO_STARTED_AT) bash scripts/demo.sh
+
+# The long fuzzing run of the front (tests/test_fuzz_front.py with many more cases): counts of
+# every kind of answer in fuzz-results/front.json (docs/RESULTS.md).  FUZZ_EXAMPLES: cases per
+# HTTP operation and mode (x10 for gRPC); 300 took 5 minutes on a 2-core Zen 3, 1000 about 15.
+FUZZ_EXAMPLES ?= 1000
+fuzz: $(STAMP) $(NGINX) $(NGINX_JS)
+	rm -f fuzz-results/front.json
+	ALEXNET_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ALEXNET_FUZZ_REPORT=fuzz-results/front.json $(PY) -m pytest -q tests/test_fuzz_front.py
+	@$(PY) -c 'import json; r = json.load(open("fuzz-results/front.json")); [print(k, v["cases"], "cases:", v["answers"], "| Triton RSS growth", v["triton_rss_growth_mib"], "MiB") for k, v in r.items()]'
 
 clean:
 	rm -rf $(VENV) $(SCAN_VENV) runs .pytest_cache

@@ -57,7 +57,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--calibration", default="fashion-mnist", metavar="DIR|fashion-mnist",
                    help="images for INT8 calibration and the held-back gate set (a folder, or Fashion-MNIST: train / test split); "
                         "without --int8, used for the gates when available, else the sample photographs alone")  # fmt: skip
-    g.add_argument("--int8", action="store_true", help="quantize: model.int8.onnx beside model.onnx (with --tensorrt: an INT8 engine)")
+    g.add_argument("--int8", action="store_true", help="quantize: model.int8.onnx beside model.onnx, for the CPU runtimes (TensorRT engines are FP32 or --fp16)")
     g.add_argument("--calibration-images", type=int, default=512, help="images used for INT8 calibration")
     g.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax")
     g.add_argument("--gate-images", type=int, default=500, help="held-back images for the gates (plus 16 photo views); 0 = the photo views alone")
@@ -68,7 +68,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "torchscript (model.pt: the pytorch config)")  # fmt: skip
     trt = parser.add_argument_group("TensorRT (GPU hosts)")
     trt.add_argument("--tensorrt", action="store_true", help="also build model.plan with the TensorRT Python API")
-    trt.add_argument("--fp16", action="store_true", help="allow FP16 kernels in the engine")
+    trt.add_argument("--fp16", action="store_true", help="an FP16 engine, built strongly typed from an FP16 copy of model.onnx")
     trt.add_argument("--max-batch", type=int, default=64, help="the engine's optimisation profile: batch 1..MAX, tuned for MAX")
     return parser
 
@@ -139,8 +139,7 @@ def export_checkpoint(args: argparse.Namespace) -> int:
         if "torchscript" in formats:
             record.torchscript = write_torchscript(classifier, staged, photos)
         if args.tensorrt:
-            record.tensorrt = plan.build_checked(staged.file("f32"), staged.file("plan"), args.max_batch, args.fp16, repo, photos,
-                                                 calibration if args.int8 else None)  # fmt: skip
+            record.tensorrt = plan.build_checked(staged.file("f32"), staged.file("plan"), args.max_batch, args.fp16, repo, photos)
         repository.write_version_files(staged)
         target = repository.commit(repo, stage, version, src.classes)
     print(f"wrote {target} ({', '.join(sorted(p.name for p in target.iterdir()))}) from {src.origin}, "

@@ -16,19 +16,24 @@ from alexnet_server.export.repository import RepositoryError
 from alexnet_server.runtime import FILES, Version
 
 
-def build_checked(onnx_path: Path, plan: Path, max_batch: int, fp16: bool, cache_folder: Path, photos: list[Path], calibration=None) -> dict:
-    """Build the engine (profile batch 1..``max_batch``; FP16 kernels allowed with ``fp16``; INT8
-    with ``calibration`` images), check it against ONNX Runtime on the photographs; raise
-    CheckFailed on a mismatch.  Returns export.json's ``tensorrt`` section."""
-    built = tensorrt_engine.build(onnx_path, plan, max_batch, fp16, cache_folder, calibration)
+def build_checked(onnx_path: Path, plan: Path, max_batch: int, fp16: bool, cache_folder: Path, photos: list[Path]) -> dict:
+    """Build the engine (profile batch 1..``max_batch``; from an FP16 copy of ``onnx_path`` with
+    ``fp16``, made beside ``plan`` and not kept), check it against ONNX Runtime's FP32 on the
+    photographs; raise CheckFailed on a mismatch.  Returns export.json's ``tensorrt`` section."""
+    graph = tensorrt_engine.fp16_graph(onnx_path, plan.with_name("model.fp16.onnx")) if fp16 else onnx_path
+    try:
+        built = tensorrt_engine.build(graph, plan, max_batch, cache_folder)
+    finally:
+        if fp16:
+            graph.unlink(missing_ok=True)
     cases = [(n, b[:max_batch]) for n, b in check.input_cases(photos)]
     reference = Version(onnx_path.parent).open("onnxruntime", "f32", gated=False)
     report = check.compare(reference, tensorrt_engine.runner(plan), cases)
-    limit = tensorrt_engine.tolerance(fp16, calibration is not None)
+    limit = tensorrt_engine.tolerance(fp16)
     print(f"TensorRT vs ONNX Runtime: {report.line()}")
     if report.top1_agreement < tensorrt_engine.MIN_TOP1_AGREEMENT or report.max_abs_diff > limit:
         raise CheckFailed(f"TensorRT engine disagrees with ONNX Runtime: {report.line()} (allowed {limit:g}, >= 99% top-1)")
-    return {**built, "fp16": fp16, "int8": calibration is not None, "max_batch": max_batch, "check": report.__dict__}
+    return {**built, "fp16": fp16, "int8": False, "max_batch": max_batch, "check": report.__dict__}
 
 
 def refresh(repo: Path, number: int | None, max_batch: int, fp16: bool, force: bool, photos: list[Path]) -> int:

@@ -3,18 +3,19 @@
 A plan loads only on the GPU model (compute capability) and in the TensorRT version that
 built it, so it is built on the host that serves it (the container's entrypoint does it at
 start) with the ``tensorrt`` wheel of the container's libnvinfer (the Dockerfile installs that
-exact version; NGC 25.10), and ``build`` records the GPU and the version beside it
+exact version; NGC 26.07), and ``build`` records the GPU and the version beside it
 (export.json "tensorrt"); ``contract.gpu.plan_matches`` compares that record with a host.
 
 No PyTorch here: buffers and streams come from the CUDA runtime through cuda-python, so the
 image needs no torch built for its driver.  ``unavailable()`` says in one line what is
 missing (the tensorrt module, cuda-python, a GPU).
 
-Precisions: FP32 always; ``--fp16`` and ``--int8`` need TensorRT 10 (BuilderFlag.FP16/INT8
-and the implicit INT8 calibrators were removed in TensorRT 11, whose networks are strongly
-typed); under TensorRT 11 they are refused with one line.  INT8 calibrates with its own
-optimisation profile (min = opt = max = the calibration batch): TensorRT calibrates at the
-profile's kOPT shape, so the serving profile (opt = 64) would read past an 8-image buffer.
+Precisions are the graph's, the strongly typed way (TensorRT 11 removed the FP16 and INT8
+builder flags and the implicit INT8 calibrators; TensorRT 10 builds strongly typed networks
+too, so there is one way for both): FP32 from ``model.onnx``, FP16 from an FP16 copy of it
+(``fp16_graph``: weights and arithmetic in float16, the uint8 IMAGE and float32 PROBS kept).
+INT8 engines are not built: a strongly typed INT8 network needs symmetric INT8 Q/DQ, and
+``model.int8.onnx`` quantizes activations as asymmetric uint8 for the CPU runtimes.
 """
 
 from __future__ import annotations
@@ -30,18 +31,17 @@ from alexnet_server.contract import IMAGE, PROBS, files, gpu
 
 FP16_TOLERANCE = 1e-2
 FP32_TOLERANCE = 1e-4
-INT8_TOLERANCE = 5e-2
 MIN_TOP1_AGREEMENT = 0.99
-CALIBRATION_BATCH = 8
 SHAPE = (3, imaging.SIZE, imaging.SIZE)
+MIN_MAJOR = 10  # strongly typed networks with the ONNX parser's types: TensorRT 10 and newer
 
 
 class TensorRTUnavailable(RuntimeError):
     """Building or running an engine is not possible here; the message says why in one line."""
 
 
-def tolerance(fp16: bool, int8: bool) -> float:
-    return INT8_TOLERANCE if int8 else FP16_TOLERANCE if fp16 else FP32_TOLERANCE
+def tolerance(fp16: bool) -> float:
+    return FP16_TOLERANCE if fp16 else FP32_TOLERANCE
 
 
 def _cudart():
@@ -68,14 +68,27 @@ def unavailable() -> str | None:
     return None
 
 
-def version_problem(version: str, fp16: bool, int8: bool) -> str | None:
-    """Why this TensorRT cannot build the asked precision (None when it can)."""
-    major = int(version.split(".")[0])
-    if major >= 11 and (fp16 or int8):
-        flag = "--int8" if int8 else "--fp16"
-        return (f"TensorRT {version} has no {flag} builder flag (removed in TensorRT 11: networks are strongly typed); "
-                "build with the TensorRT 10 of the serving container (pip install '.[gpu]' keeps to TensorRT 10)")  # fmt: skip
+def version_problem(version: str, int8: bool = False) -> str | None:
+    """Why this TensorRT cannot build the engine asked for (None when it can)."""
+    if int(version.split(".")[0]) < MIN_MAJOR:
+        return f"TensorRT {version} is too old: engines are built strongly typed, which needs TensorRT {MIN_MAJOR} or newer"
+    if int8:
+        return ("INT8 engines are not built: a strongly typed INT8 network needs symmetric INT8 Q/DQ, and model.int8.onnx "
+                "quantizes activations as asymmetric uint8 for the CPU runtimes (use --fp16)")  # fmt: skip
     return None
+
+
+def fp16_graph(onnx_path: Path, out: Path) -> Path:
+    """``out``: the FP32 classifier with its weights and arithmetic in float16, IMAGE (uint8) and PROBS
+    (float32) unchanged -- what a strongly typed FP16 engine is built from.  The converter is
+    ONNX Runtime's (onnxruntime.transformers.float16), which the export and GPU installs carry."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(out))
+    return out
 
 
 def timing_cache_path(folder: Path, gpu_name: str, capability: str, version: str) -> Path:
@@ -84,30 +97,27 @@ def timing_cache_path(folder: Path, gpu_name: str, capability: str, version: str
     return Path(folder) / f".tensorrt-timing-{slug}-sm{capability}-trt{version}.cache"
 
 
-def build(onnx_path: Path, plan_path: Path, max_batch: int, fp16: bool, cache_folder: Path, calibration: np.ndarray | None = None) -> dict:
-    """Build an engine with one serving profile (batch 1..``max_batch``, tuned for ``max_batch``).
-
-    Returns the record for export.json: the TensorRT version, the GPU's name and compute
-    capability, the timing cache used.  With ``calibration`` (uint8 images), INT8 kernels are
-    calibrated by an entropy calibrator over its own profile; its cache is written beside the
-    engine.  Raises TensorRTUnavailable (version, precision) or RuntimeError (parse, build)."""
+def build(onnx_path: Path, plan_path: Path, max_batch: int, cache_folder: Path) -> dict:
+    """Build a strongly typed engine from ``onnx_path`` (its types are the precision: ``model.onnx``
+    FP32, ``fp16_graph``'s copy FP16) with one serving profile (batch 1..``max_batch``, tuned for
+    ``max_batch``).  Returns the record for export.json: the TensorRT version, the GPU's name and
+    compute capability, the timing cache used.  Raises TensorRTUnavailable (version) or
+    RuntimeError (parse, build)."""
     import tensorrt as trt
 
-    if problem := version_problem(trt.__version__, fp16, calibration is not None):
+    if problem := version_problem(trt.__version__):
         raise TensorRTUnavailable(problem)
     here = gpu.visible_gpus()
     gpu_name, capability = (here[0]["name"], here[0]["compute_capability"]) if here else ("unknown GPU", "?")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 4 << 30)
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
     cache_path = timing_cache_path(cache_folder, gpu_name, capability, trt.__version__)
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     if not config.set_timing_cache(cache, ignore_mismatch=False):
@@ -118,13 +128,6 @@ def build(onnx_path: Path, plan_path: Path, max_batch: int, fp16: bool, cache_fo
     profile = builder.create_optimization_profile()
     profile.set_shape(IMAGE, (1, *SHAPE), (max_batch, *SHAPE), (max_batch, *SHAPE))
     config.add_optimization_profile(profile)
-    if calibration is not None:
-        batch = min(CALIBRATION_BATCH, len(calibration))
-        calibration_profile = builder.create_optimization_profile()
-        calibration_profile.set_shape(IMAGE, (batch, *SHAPE), (batch, *SHAPE), (batch, *SHAPE))
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = _entropy_calibrator(calibration, plan_path.with_name(plan_path.name + ".calibration"), batch)
-        config.set_calibration_profile(calibration_profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError("TensorRT failed to build the engine (see the log above)")
@@ -150,38 +153,6 @@ class _DeviceBuffer:
 def _check(err, what: str) -> None:
     if int(err) != 0:
         raise RuntimeError(f"{what} failed: CUDA error {int(err)}")
-
-
-def _entropy_calibrator(images: np.ndarray, cache_path: Path, batch_size: int):
-    """IInt8EntropyCalibrator2 over uint8 images, ``batch_size`` at a time, in a cudaMalloc'd buffer."""
-    import tensorrt as trt
-
-    cudart = _cudart()
-
-    class Calibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self) -> None:
-            super().__init__()
-            self.batches = [np.ascontiguousarray(images[i : i + batch_size]) for i in range(0, len(images) - batch_size + 1, batch_size)]
-            self.buffer = _DeviceBuffer(batch_size * int(np.prod(SHAPE)))
-
-        def get_batch_size(self) -> int:
-            return batch_size
-
-        def get_batch(self, names):
-            if not self.batches:
-                return None
-            host = self.batches.pop(0)
-            (err,) = cudart.cudaMemcpy(self.buffer.ptr, host.ctypes.data, host.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice)
-            _check(err, "cudaMemcpy")
-            return [int(self.buffer.ptr)]
-
-        def read_calibration_cache(self):
-            return cache_path.read_bytes() if cache_path.is_file() else None
-
-        def write_calibration_cache(self, cache) -> None:
-            cache_path.write_bytes(bytes(cache))
-
-    return Calibrator()
 
 
 def runner(plan_path: Path) -> Callable[[np.ndarray], np.ndarray]:

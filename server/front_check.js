@@ -25,6 +25,16 @@ const REQUEST_PARAMETERS = {binary_data_output: 'boolean', timeout: 'count', pri
 const INPUT_PARAMETERS = {binary_data_size: 'count'};
 const OUTPUT_PARAMETERS = {binary_data: 'boolean', classification: 'count'};
 const MAX_COUNT = 2147483647;  // parameters Triton reads into 32-bit fields
+// Names as Triton's configs write them, and printable ids: Triton repeats both in its errors,
+// which must stay one line.
+const NAME = /^[A-Za-z0-9_.\-]{1,256}$/;
+const ID = /^[\x20-\x7e]{0,256}$/;
+const VERSION = /^[0-9]{0,19}$/;
+
+// A value of the client's, as an error may show it: quoted, control characters escaped, short.
+function shown(value) {
+    return JSON.stringify(String(value).slice(0, 40));
+}
 
 function isCount(v) {
     return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= MAX_COUNT;
@@ -42,7 +52,7 @@ function checkParameters(params, allowed, where) {
         const key = keys[k];
         const kind = allowed[key];
         if (kind === undefined) {
-            return `${where}: parameter "${key.slice(0, 40)}" is not one this server accepts (${Object.keys(allowed).join(', ')})`;
+            return `${where}: parameter ${shown(key)} is not one this server accepts (${Object.keys(allowed).join(', ')})`;
         }
         const value = params[key];
         if (kind === 'boolean' ? typeof value !== 'boolean' : !isCount(value)) {
@@ -60,7 +70,7 @@ function checkKeys(object, allowed, where) {
     for (let k = 0; k < keys.length; k++) {
         const key = keys[k];
         if (allowed.indexOf(key) < 0) {
-            return `${where}: unknown field "${key.slice(0, 40)}"`;
+            return `${where}: unknown field ${shown(key)}`;
         }
     }
     return null;
@@ -92,8 +102,8 @@ function problem(head, bodyBytes, limits) {
     if (why) {
         return why;
     }
-    if (head.id !== undefined && (typeof head.id !== 'string' || head.id.length > 256)) {
-        return 'the request: "id" must be a string of at most 256 characters';
+    if (head.id !== undefined && (typeof head.id !== 'string' || !ID.test(head.id))) {
+        return 'the request: "id" must be at most 256 printable ASCII characters';
     }
     why = checkParameters(head.parameters, REQUEST_PARAMETERS, 'the request');
     if (why) {
@@ -116,14 +126,14 @@ function problem(head, bodyBytes, limits) {
         if (why) {
             return why;
         }
-        if (typeof input.name !== 'string' || input.name.length === 0 || input.name.length > 256) {
-            return `${where}: "name" must be a string of 1 to 256 characters`;
+        if (typeof input.name !== 'string' || !NAME.test(input.name)) {
+            return `${where}: "name" must be 1 to 256 of A-Z a-z 0-9 _ . -`;
         }
         if (DATATYPES.indexOf(input.datatype) < 0) {
-            return `${where} (${input.name.slice(0, 40)}): "datatype" must be one of ${DATATYPES.join(', ')}`;
+            return `${where} (${input.name}): "datatype" must be one of ${DATATYPES.join(', ')}`;
         }
         if (!Array.isArray(input.shape) || input.shape.length > limits.dims) {
-            return `${where} (${input.name.slice(0, 40)}): "shape" must be an array of at most ${limits.dims} dimensions`;
+            return `${where} (${input.name}): "shape" must be an array of at most ${limits.dims} dimensions`;
         }
         // A tensor cannot hold more elements than the request has bytes: every element takes at
         // least one byte of JSON or of binary data.  This also keeps every product exact.
@@ -131,28 +141,28 @@ function problem(head, bodyBytes, limits) {
         for (let k = 0; k < input.shape.length; k++) {
             const d = input.shape[k];
             if (typeof d !== 'number' || !Number.isInteger(d) || d < 0) {
-                return `${where} (${input.name.slice(0, 40)}): shape [${input.shape.join(',').slice(0, 80)}] has a dimension that is not a non-negative integer`;
+                return `${where} (${input.name}): shape ${JSON.stringify(input.shape).slice(0, 80)} has a dimension that is not a non-negative integer`;
             }
             elements *= d;
             if (elements > bodyBytes) {
-                return `${where} (${input.name.slice(0, 40)}): shape [${input.shape.join(',').slice(0, 80)}] holds more elements than the request has bytes (${bodyBytes})`;
+                return `${where} (${input.name}): shape ${JSON.stringify(input.shape).slice(0, 80)} holds more elements than the request has bytes (${bodyBytes})`;
             }
         }
-        why = checkParameters(input.parameters, INPUT_PARAMETERS, `${where} (${input.name.slice(0, 40)})`);
+        why = checkParameters(input.parameters, INPUT_PARAMETERS, `${where} (${input.name})`);
         if (why) {
             return why;
         }
         const binary = input.parameters !== undefined && input.parameters.binary_data_size !== undefined;
         if (binary === (input.data !== undefined)) {
-            return `${where} (${input.name.slice(0, 40)}): needs exactly one of "data" or the "binary_data_size" parameter`;
+            return `${where} (${input.name}): needs exactly one of "data" or the "binary_data_size" parameter`;
         }
         if (binary && input.parameters.binary_data_size > bodyBytes) {
-            return `${where} (${input.name.slice(0, 40)}): binary_data_size ${input.parameters.binary_data_size} is larger than the request (${bodyBytes} bytes)`;
+            return `${where} (${input.name}): binary_data_size ${input.parameters.binary_data_size} is larger than the request (${bodyBytes} bytes)`;
         }
         if (!binary) {
             const found = scalarCount(input.data, elements);
             if (found !== elements) {
-                return `${where} (${input.name.slice(0, 40)}): shape [${input.shape.join(',').slice(0, 80)}] holds ${elements} elements, "data" has ${found < 0 ? 'a value that is not a number, string or boolean' : (found > elements ? 'more' : found)}`;
+                return `${where} (${input.name}): shape ${JSON.stringify(input.shape).slice(0, 80)} holds ${elements} elements, "data" has ${found < 0 ? 'a value that is not a number, string or boolean' : (found > elements ? 'more' : found)}`;
             }
         }
     }
@@ -162,10 +172,10 @@ function problem(head, bodyBytes, limits) {
         if (why) {
             return why;
         }
-        if (typeof output.name !== 'string' || output.name.length === 0 || output.name.length > 256) {
-            return `output ${i}: "name" must be a string of 1 to 256 characters`;
+        if (typeof output.name !== 'string' || !NAME.test(output.name)) {
+            return `output ${i}: "name" must be 1 to 256 of A-Z a-z 0-9 _ . -`;
         }
-        why = checkParameters(output.parameters, OUTPUT_PARAMETERS, `output ${i} (${output.name.slice(0, 40)})`);
+        why = checkParameters(output.parameters, OUTPUT_PARAMETERS, `output ${i} (${output.name})`);
         if (why) {
             return why;
         }
@@ -344,7 +354,7 @@ function grpcParameter(reader, end, allowed, where) {
         }
     });
     if (key === null || allowed[key] === undefined) {
-        return `${where}: parameter "${String(key).slice(0, 40)}" is not one this server accepts (${Object.keys(allowed).join(', ') || 'none'})`;
+        return `${where}: parameter ${shown(key)} is not one this server accepts (${Object.keys(allowed).join(', ') || 'none'})`;
     }
     if (allowed[key] === 'count' ? !(kind === 'count' && isCount(value)) : kind !== allowed[key]) {
         return `${where}: parameter "${key}" must be ${allowed[key] === 'count' ? 'an integer from 0 to ' + MAX_COUNT : allowed[key]}`;
@@ -370,7 +380,11 @@ function grpcProblem(reader, end, limits) {
         if (wire !== 2) {
             why = `field ${number} of the request has the wrong wire type`;
         } else if (number === 1 || number === 2 || number === 3) {
-            text(v, fieldEnd, 256, number === 3 ? 'the request id' : 'the model name or version');
+            const value = text(v, fieldEnd, 256, 'the model name, version or request id');
+            if (!(number === 1 ? NAME : number === 2 ? VERSION : ID).test(value)) {
+                why = number === 1 ? 'the model name must be 1 to 256 of A-Z a-z 0-9 _ . -'
+                    : number === 2 ? 'the model version must be a number' : 'the request id must be at most 256 printable ASCII characters';
+            }
         } else if (number === 4) {
             why = grpcParameter(v, fieldEnd, GRPC_REQUEST_PARAMETERS, 'the request');
         } else if (number === 5) {
@@ -385,8 +399,10 @@ function grpcProblem(reader, end, limits) {
                 if (why) {
                     return;
                 }
-                if (n === 1 || n === 2) {
-                    text(x, xEnd, 256, 'a tensor name or datatype');
+                if (n === 1 && !NAME.test(text(x, xEnd, 256, 'a tensor name'))) {
+                    why = `${where}: the name must be 1 to 256 of A-Z a-z 0-9 _ . -`;
+                } else if (n === 2 && DATATYPES.indexOf(text(x, xEnd, 16, 'a datatype')) < 0) {
+                    why = `${where}: the datatype must be one of ${DATATYPES.join(', ')}`;
                 } else if (n === 3) {
                     // shape: packed (wire 2) or one varint per dimension (wire 0)
                     const take = function (d) {
@@ -420,8 +436,8 @@ function grpcProblem(reader, end, limits) {
                 if (why) {
                     return;
                 }
-                if (n === 1) {
-                    text(x, xEnd, 256, 'an output name');
+                if (n === 1 && !NAME.test(text(x, xEnd, 256, 'an output name'))) {
+                    why = `output ${outputs - 1}: the name must be 1 to 256 of A-Z a-z 0-9 _ . -`;
                 } else if (n === 2) {
                     why = grpcParameter(x, xEnd, GRPC_OUTPUT_PARAMETERS, `output ${outputs - 1}`);
                 }

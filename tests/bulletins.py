@@ -78,6 +78,17 @@ def gzip_json_body() -> bytes:
     return gzip.compress(head + b"A" * INFLATED + tail, 9, mtime=0)
 
 
+@lru_cache(maxsize=1)
+def gzip_grpc_message() -> bytes:
+    """A ModelInferRequest whose one BYTES element is INFLATED zero bytes, gzipped: ~0.25 MiB."""
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name="classify")
+    request.inputs.add(name="IMAGE_BYTES", datatype="BYTES", shape=[1, 1])
+    request.raw_input_contents.append(INFLATED.to_bytes(4, "little") + bytes(INFLATED))
+    return gzip.compress(request.SerializeToString(), 6, mtime=0)
+
+
 def binary_request(inputs: list[dict], blob: bytes, outputs: list[dict] | None = None, extra: dict | None = None) -> tuple[bytes, dict]:
     head = {"inputs": inputs, **({"outputs": outputs} if outputs is not None else {}), **(extra or {})}
     text = json.dumps(head).encode()
@@ -221,8 +232,8 @@ def shapes() -> list[Shape]:
               lambda t: http_raw(t, b"POST /v2/models/classify/infer HTTP/1.1\r\nHost: x\r\nContent-Encoding: identity\r\nContent-Encoding: gzip\r\n"
                                     + f"Content-Length: {len(gzip_json_body())}\r\n\r\n".encode(), gzip_json_body()), ("400",)),
         Shape("gRPC grpc-encoding gzip (inflates to 256 MiB)", COMPRESSED, "grpc",
-              lambda t: grpc_call(t, gzip.compress(infer_request(), 1), flag=1, encoding="gzip"), ("12",)),
-        Shape("gRPC compressed flag, identity encoding", COMPRESSED, "grpc", lambda t: grpc_call(t, gzip.compress(infer_request(), 1), flag=1), ("12",)),
+              lambda t: grpc_call(t, gzip_grpc_message(), flag=1, encoding="gzip"), ("12",)),
+        Shape("gRPC compressed flag, identity encoding", COMPRESSED, "grpc", lambda t: grpc_call(t, gzip_grpc_message(), flag=1), ("12",)),
         Shape("HTTP 200,000 outputs", MANY, "http", lambda t: http_post(t, "classify", *binary_request([spec], blob, [{"name": "PROBS"}] * 200_000)), ("400",)),
         Shape("HTTP 50,000 inputs", MANY, "http", lambda t: http_post(t, "classify", *binary_request([spec] * 50_000, blob)), ("400",)),
         Shape("gRPC 300,000 outputs", MANY, "grpc", lambda t: grpc_call(t, infer_request(build=_many("outputs", 300_000))), ("3",)),

@@ -112,6 +112,25 @@ def start(repository: Path, log: Path, config: str = "cpu-f32", timeout: float =
     raise RuntimeError(f"Triton not ready after {timeout} s:\n{log.read_text()[-3000:] if log.exists() else ''}")
 
 
+def warm_up(server: Server, token: str | None = None) -> None:
+    """Requests at the largest batch the configs take (16 images), over both protocols: the
+    models and their runtimes hold their working memory afterwards, so what a test measures
+    after is what its own requests cost."""
+    import io
+
+    from PIL import Image
+
+    from alexnet_server.clients import Classifier
+    from alexnet_server.contract.security import Credentials
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (320, 240), (90, 120, 150)).save(buffer, "JPEG")
+    for protocol in ("grpc", "http"):
+        with Classifier(server.url(protocol), protocol, credentials=Credentials(token=token)) as clf:
+            for _ in range(2):
+                list(clf.classify_many([buffer.getvalue()] * 32, concurrency=16))
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below ``pid`` (from /proc), e.g. Triton's python-backend stubs."""
     children: dict[int, list[int]] = {}

@@ -27,6 +27,7 @@ def server(served_repository, module_tmp):
     token.write_text(TOKEN + "\n")
     token.chmod(0o600)
     started = serving.start(served_repository, module_tmp / "bulletins.log", env={"ALEXNET_TOKEN_FILE": str(token)})
+    serving.warm_up(started, TOKEN)  # the models' buffers at full batch: growth measured after is the requests'
     yield started
     started.stop()
 

@@ -219,7 +219,7 @@ def test_metrics_scrape_uses_the_token_and_tls():
 def test_image_is_a_fixed_triton_run_by_the_pods_user():
     text = (ROOT / "Dockerfile").read_text()
     (tag,) = re.findall(r"^FROM nvcr\.io/nvidia/tritonserver:(\d+)\.(\d+)-py3$", text, re.M)
-    assert tuple(map(int, tag)) >= (25, 7), "NGC 25.07 (Triton 2.59.1) is the first with the 2025 security fixes"
+    assert tuple(map(int, tag)) >= (26, 7), "NGC 26.07 (Triton 2.71.0) is the first with every 2025-2026 Triton bulletin fixed"
     (user,) = re.findall(r"^USER (\d+):(\d+)$", text, re.M)
     pod = _kind("Deployment")["spec"]["template"]["spec"]["securityContext"]
     assert (int(user[0]), int(user[1])) == (pod["runAsUser"], pod["runAsGroup"])

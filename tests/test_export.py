@@ -324,11 +324,11 @@ def test_served_config_follows_the_plans_batch_limit(populated_repo):
     assert batch(populated_repo / "alexnet" / "configs" / "cpu.pbtxt") == 16, "the CPU configs keep their own"
 
 
-def test_tensorrt_11_refuses_implicit_precisions_in_one_line():
-    assert tensorrt_engine.version_problem("10.5.0", fp16=True, int8=True) is None
-    assert tensorrt_engine.version_problem("11.4.0", fp16=False, int8=False) is None
-    assert "no --int8 builder flag" in tensorrt_engine.version_problem("11.4.0", fp16=True, int8=True)
-    assert "no --fp16 builder flag" in tensorrt_engine.version_problem("11.1.0", fp16=True, int8=False)
+def test_tensorrt_builds_strongly_typed_on_10_and_11():
+    # Strongly typed builds: TensorRT 10 and 11 alike; INT8 engines refused with the reason.
+    assert tensorrt_engine.version_problem("10.5.0") is None and tensorrt_engine.version_problem("11.4.0") is None
+    assert "needs TensorRT 10 or newer" in tensorrt_engine.version_problem("8.6.1")
+    assert "symmetric INT8" in tensorrt_engine.version_problem("11.4.0", int8=True)
 
 
 def test_timing_cache_is_per_gpu_and_tensorrt(tmp_path):
@@ -336,6 +336,24 @@ def test_timing_cache_is_per_gpu_and_tensorrt(tmp_path):
     b = tensorrt_engine.timing_cache_path(tmp_path, "NVIDIA A100-SXM4-80GB", "8.0", "10.5.0")
     c = tensorrt_engine.timing_cache_path(tmp_path, "NVIDIA H200", "9.0", "10.6.0")
     assert len({a, b, c}) == 3 and a.parent == tmp_path and a.name.startswith(".tensorrt-timing-nvidia-h200-sm9.0-trt10.5.0")
+
+
+def test_the_fp16_graph_a_strongly_typed_engine_is_built_from(populated_repo, tmp_path):
+    """FP16 weights and arithmetic, the contract's tensors unchanged (uint8 IMAGE, float32 PROBS),
+    the same probabilities as FP32 within FP16's tolerance -- in ONNX Runtime, on this CPU."""
+    import onnx
+    import onnxruntime as ort
+
+    source = populated_repo / "alexnet" / "1" / "model.onnx"
+    graph = onnx.load(str(tensorrt_engine.fp16_graph(source, tmp_path / "model.fp16.onnx")))
+    (inp,), (out,) = graph.graph.input, graph.graph.output
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8 and out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    weights = {init.data_type for init in graph.graph.initializer if len(init.dims) > 1}
+    assert weights == {onnx.TensorProto.FLOAT16}, "the convolution and dense weights are float16"
+    x = np.random.default_rng(0).integers(0, 256, (4, 3, 256, 256), dtype=np.uint8)
+    fp32 = ort.InferenceSession(str(source)).run(None, {"IMAGE": x})[0]
+    fp16 = ort.InferenceSession(str(tmp_path / "model.fp16.onnx")).run(None, {"IMAGE": x})[0]
+    assert np.abs(fp16 - fp32).max() < tensorrt_engine.FP16_TOLERANCE and (fp16.argmax(1) == fp32.argmax(1)).all()
 
 
 @pytest.mark.tensorrt
