@@ -2,7 +2,7 @@
 
     alexnet-bench --concurrency 1,2,4,8 --duration 20 --inprocess
     alexnet-bench --model alexnet --protocol http --images photos/ --out bench-results
-    alexnet-bench --batch 8 --concurrency 64 --processes 8 --duration 30     # heavy load (GPU servers)
+    alexnet-bench --batch 8 --concurrency 64 --duration 30                  # heavy load (GPU servers)
     alexnet-bench --soak 1800 --concurrency 8                                # saturation, errors and RSS over time
     alexnet-bench --arrival-rates 30,120 --duration 60                       # open loop: 1x and 4x what 2 cores take
     alexnet-bench --scenario singlestream --duration 30      # MLPerf LoadGen, the server as SUT
@@ -12,14 +12,16 @@ Triton's own split of the time (queue, compute) from its statistics extension; t
 memory of this server (the process listening on --url's port, with its python stubs) when
 it runs on this host.  A table on the terminal, results.json, results.csv and latency.png
 in --out, each naming the CPU.  With --inprocess, the same decode and the same model file
-run in this process with the runtime and precision the served alexnet config uses, so the
-serving overhead shows side by side.  Exit 1 when any level had errors (the first error is
+run in this process opened as the served alexnet config opens them (its runtime, precision,
+threads, streams and images per run, read from the running server's config), so the serving
+overhead shows side by side.  Exit 1 when any level had errors (the first error is
 printed), 2 for bad input or no server.  (perf_analyzer, the usual tool, is not on PyPI.)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import sys
 import threading
@@ -31,13 +33,13 @@ import numpy as np
 
 from alexnet_server import imaging
 from alexnet_server.clients import loadgen, report
-from alexnet_server.clients.label import walk
+from alexnet_server.clients.label_sources import walk
 from alexnet_server.clients.load import Level, ServerMemory, run_level, run_open_level, server_split
 from alexnet_server.clients.protocol import DEFAULT_URLS, PROTOCOLS, ClientError, Connection, LocalError, ServerError, add_credential_arguments, bytes_batch, credentials_from
 from alexnet_server.contract import ENSEMBLE, MODEL, PREPROCESS, cpu, layout
 from alexnet_server.contract.cli import HelpFormatter
-from alexnet_server.runtime import RecordError, RuntimeUnavailable, Version
-from alexnet_server.runtime.version import images_per_run
+from alexnet_server.runtime import RecordError, RuntimeUnavailable, ServedConfig, Version
+from alexnet_server.runtime.model_config import ConfigError
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -135,11 +137,13 @@ def served_caller(args: argparse.Namespace, images: list[bytes], url: str | None
     return make_call, probe
 
 
-def served_runtime(probe: Connection) -> tuple[str, str]:
-    """(runtime, precision) of the served alexnet config, from its parameters."""
-    params = probe.config(MODEL).get("parameters", {})
-    value = lambda key, default: (params.get(key) or {}).get("string_value", default)
-    return value("runtime", "onnxruntime"), value("precision", "f32")
+def served_config(probe: Connection) -> ServedConfig:
+    """The served alexnet config, as the running server answers for it (its /config): what the
+    in-process line opens the model with.  LocalError when it is not one this version knows."""
+    try:
+        return ServedConfig.from_model_config(probe.config(MODEL), "served")
+    except ConfigError as exc:
+        raise LocalError(f"the served {MODEL} config: {exc}") from None
 
 
 def runtime_specs(text: str, version: Version) -> list[tuple[str, str]]:
@@ -151,18 +155,17 @@ def runtime_specs(text: str, version: Version) -> list[tuple[str, str]]:
     return specs + [("openvino", p) for p in ("f32", "bf16", "int8") if p in gated and (p != "bf16" or cpu.has_native_bf16())]
 
 
-def inprocess_caller(args: argparse.Namespace, images: list[bytes], runtime: str, precision: str) -> tuple[Callable, str]:
-    """The served pipeline in this process: imaging's decode, then the same file in the same runtime,
-    opened as the served config opens it (its images per run; openvino "auto" picks as the cpu
-    config does, from export's timings when they were taken on this kind of CPU)."""
+def inprocess_caller(args: argparse.Namespace, images: list[bytes], config: ServedConfig) -> tuple[Callable, str]:
+    """The served pipeline in this process: imaging's decode, then the same file opened by
+    ``config`` (runtime, precision, threads, streams, images per run; openvino "auto" picks as
+    the cpu config does, from export's timings when they were taken on this kind of CPU)."""
     version = Version.latest(args.repository)
     if version is None:
         raise LocalError(f"no exported model in {args.repository / MODEL} for --inprocess: run alexnet-export first")
     try:
-        runtime = runtime or "onnxruntime"  # a model outside the repository's: the fp32 baseline
-        model = version.open(runtime, precision, max_images_per_run=images_per_run(runtime))
+        model = config.open(version)
     except (RuntimeUnavailable, RecordError, FileNotFoundError, ValueError) as exc:
-        raise LocalError(f"in-process {runtime} {precision}: {exc}") from None
+        raise LocalError(f"in-process {config.runtime} {config.precision}: {exc}") from None
     why = model.why
     decode = args.model == ENSEMBLE  # the ensemble's baseline decodes in each call; alexnet's gets arrays
     arrays = [] if decode else [imaging.load(img) for img in images]
@@ -191,8 +194,8 @@ def measure_levels(args: argparse.Namespace, images: list[bytes], levels_wanted:
     make_served, probe = served_caller(args, images)
     make_baseline = served_caller(args, images, args.baseline_url)[0] if args.baseline_url else None
     memory = ServerMemory(probe.url)
-    runtime, precision = served_runtime(probe) if args.model in (ENSEMBLE, MODEL) else ("", "")
-    make_local, local = inprocess_caller(args, images, runtime, precision) if args.inprocess else (None, "")
+    served = served_config(probe)
+    make_local, local = inprocess_caller(args, images, served) if args.inprocess else (None, "")
     others = []
     if args.runtimes:
         version = Version.latest(args.repository)
@@ -203,7 +206,7 @@ def measure_levels(args: argparse.Namespace, images: list[bytes], levels_wanted:
         except RecordError as exc:
             raise LocalError(str(exc)) from None
         for name, prec in specs:
-            others.append((f"{name}-{prec}", inprocess_caller(args, images, name, prec)[0]))
+            others.append((f"{name}-{prec}", inprocess_caller(args, images, dataclasses.replace(served, runtime=name, precision=prec))[0]))
     levels: list[Level] = []
     watch = [ENSEMBLE, PREPROCESS, MODEL] if args.model == ENSEMBLE else [MODEL]
     if args.arrival_rates:
@@ -216,7 +219,7 @@ def measure_levels(args: argparse.Namespace, images: list[bytes], levels_wanted:
                 levels.append(level)
         finally:
             probe.close()
-        return levels, {"served_runtime": f"{runtime} {precision}".strip(), "inprocess_runtime": local}
+        return levels, {"served_runtime": f"{served.runtime} {served.precision}", "inprocess_runtime": local}
     try:
         for c in levels_wanted:
             before = {m: probe.statistics(m) for m in watch}
@@ -234,7 +237,7 @@ def measure_levels(args: argparse.Namespace, images: list[bytes], levels_wanted:
                 levels.append(run_level(target, c, make, args.duration, args.warmup, args.batch))
     finally:
         probe.close()
-    return levels, {"served_runtime": f"{runtime} {precision}".strip(), "inprocess_runtime": local}
+    return levels, {"served_runtime": f"{served.runtime} {served.precision}", "inprocess_runtime": local}
 
 
 def main(args: argparse.Namespace) -> int:

@@ -23,7 +23,8 @@ from typing import Iterable, Iterator, Union
 import numpy as np
 
 from alexnet_server import imaging
-from alexnet_server.clients.protocol import ClientError, Connection, LocalError, ModelInfo, ServerError, bytes_batch, parse_top, resolve_credentials
+from alexnet_server.clients.protocol import ClientError, Connection, LocalError, ModelInfo, ServerError, bytes_batch, resolve_credentials
+from alexnet_server.clients.topk import parse_top
 from alexnet_server.contract import ENSEMBLE
 from alexnet_server.contract.security import Credentials
 

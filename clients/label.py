@@ -21,28 +21,21 @@ Exit codes: 0 all labelled, 1 some images failed or some entries could not be re
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
-import stat
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Iterator
 
-from alexnet_server import imaging
 from alexnet_server.clients.classifier import Classifier, ClassifierError, Result
-from alexnet_server.clients.label_output import NAME_ERRORS, PART_ROWS, Output, open_output, require_pyarrow
+from alexnet_server.clients.label_output import PART_ROWS, Output, open_output
+from alexnet_server.clients.label_sources import MANIFEST_SUFFIXES, Event, NotImage, Total, candidates, is_image, is_manifest
 from alexnet_server.clients.protocol import DEFAULT_URLS, PROTOCOLS, LocalError, add_credential_arguments, credentials_from
 from alexnet_server.contract import ENSEMBLE, layout
 from alexnet_server.contract.cli import HelpFormatter
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
-# Files with these names are images to the user even when their header is unreadable: they
-# get a row (failed, with the reason) instead of silently counting as "not an image".
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".ico"}
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -80,91 +73,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     ray.add_argument("--batch-size", type=int, help="images per actor call (default: 16 in-process, 64 with --url: 8 in flight each)")
     ray.add_argument("--ray-cpus", type=int, help="logical CPUs of the local Ray started for the run (default: this machine's)")
     return parser
-
-
-# --- the walk ----------------------------------------------------------------------------------------
-
-
-def walk(root: Path, recursive: bool, on_error: Callable[[str, str], None] | None = None) -> Iterator[Path]:
-    """Files under ``root`` (symbolic links to files included), produced while scanning.
-
-    Never stops early: a folder that cannot be listed or an entry that cannot be examined
-    (a symbolic-link loop, a dangling link) is reported through ``on_error(path, why)`` and
-    skipped, and the walk goes on.  Links to folders are not followed (no cycles)."""
-    pending = [root]
-    while pending:
-        folder = pending.pop()
-        subfolders = []
-        try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            if recursive and not entry.name.startswith("."):
-                                subfolders.append(entry.path)
-                            continue
-                        mode = os.stat(entry.path).st_mode  # follows links; raises on loops and dangling links
-                    except OSError as exc:
-                        if on_error:
-                            on_error(entry.path, f"cannot examine: {exc.strerror or exc}")
-                        continue
-                    if stat.S_ISREG(mode):
-                        yield Path(entry.path)
-        except OSError as exc:
-            if on_error:
-                on_error(str(folder), f"cannot read folder: {exc.strerror or exc}")
-        pending.extend(sorted(subfolders, reverse=True))
-
-
-MANIFEST_SUFFIXES = (".txt", ".lst", ".csv", ".parquet")
-
-
-def is_manifest(source: Path) -> bool:
-    return source.is_file() and source.suffix.lower() in MANIFEST_SUFFIXES
-
-
-def manifest_paths(manifest: Path, chunk: int = 65_536) -> Iterator[str]:
-    """The paths a manifest lists, streamed (never the whole list in memory): a text file of one
-    path per line, a CSV with a ``path`` column (else its first column), or a Parquet file with a
-    ``path`` column.  Paths are used as written (relative ones against the working directory).
-    LocalError for a Parquet file without such a column, or one that cannot be read."""
-    kind = manifest.suffix.lower()
-    if kind == ".parquet":
-        pa = require_pyarrow()
-        try:
-            table = pa.parquet.ParquetFile(manifest)
-        except (OSError, pa.ArrowException) as exc:
-            raise LocalError(f"{manifest} is not a readable Parquet file: {exc}") from None
-        if "path" not in table.schema_arrow.names:
-            raise LocalError(f"{manifest} has no 'path' column (columns: {', '.join(table.schema_arrow.names)})")
-        for batch in table.iter_batches(batch_size=chunk, columns=["path"]):
-            yield from (p for p in batch.column(0).to_pylist() if p)
-        return
-    with open(manifest, encoding="utf-8", errors=NAME_ERRORS, newline="") as fh:
-        if kind == ".csv":
-            rows = csv.reader(fh)
-            header = next(rows, [])
-            column = header.index("path") if "path" in header else 0
-            if "path" not in header and header and header[0]:
-                yield header[0]  # no header row: the first line is a path
-            yield from (row[column] for row in rows if len(row) > column and row[column])
-        else:
-            yield from (line.rstrip("\r\n") for line in fh if line.strip())
-
-
-def candidates(source: Path, recursive: bool, on_error: Callable[[str, str], None] | None = None) -> Iterator[tuple[str, bool]]:
-    """(path, listed) for every file to label: a folder's files as ``walk`` finds them (listed
-    False: the engine first asks whether it is an image), or every path a manifest names (listed
-    True: each gets a row, a missing file one that says so)."""
-    if is_manifest(source):
-        yield from ((p, True) for p in manifest_paths(source))
-    else:
-        yield from ((str(p), False) for p in walk(source, recursive, on_error))
-
-
-def is_image(path: Path) -> bool:
-    """An image by its header, or by its name (so an unreadable photo still gets a row)."""
-    return imaging.sniff(path) is not None or path.suffix.lower() in IMAGE_SUFFIXES
 
 
 class Counter(threading.Thread):
@@ -214,26 +122,32 @@ def todo(args: argparse.Namespace, out: Output, bar, counts: dict[str, int]) -> 
             yield path, listed
 
 
-def label_all(args: argparse.Namespace, out: Output, bar, counts: dict[str, int]) -> None:
-    """Classify every image the walk finds that ``out`` does not hold yet; raises ClassifierError
-    when the server stays away longer than --retry-timeout."""
+def local_engine(args: argparse.Namespace, todo: Iterator[tuple[str, bool]]) -> Iterator[Event]:
+    """The local engine: every candidate through one Triton (--url), up to --concurrency requests
+    in flight.  Yields NotImage and Result events (its total comes from the background Counter);
+    raises ClassifierError when the server stays away longer than --retry-timeout or refuses
+    this caller."""
+    not_images: list[str] = []
 
     def images() -> Iterator[str]:
-        for path, listed in todo(args, out, bar, counts):
+        for path, listed in todo:
             if listed or is_image(Path(path)):  # by content or by name; a manifest's every path
                 yield path
             else:
-                counts["not_images"] += 1
-                bar.update(1)
+                not_images.append(path)
 
     clf = Classifier(args.url, args.protocol, model=args.model, concurrency=args.concurrency, retry_for=args.retry_timeout,
                      credentials=credentials_from(args))  # fmt: skip
     try:
         clf.wait_ready(args.retry_timeout)
         for result in clf.classify_many(images(), args.topk):
+            while not_images:
+                yield NotImage(not_images.pop(0))
             if result.error is not None and (result.error.transient or result.error.kind == "unauthenticated"):
                 raise result.error  # the server stayed away longer than --retry-timeout, or refuses this caller
-            record(result, out, bar, counts)
+            yield result
+        while not_images:
+            yield NotImage(not_images.pop(0))
     finally:
         clf.close()
 
@@ -248,19 +162,21 @@ def record(result: Result, out: Output, bar, counts: dict[str, int]) -> None:
     bar.update(1)
 
 
-def label_on_ray(args: argparse.Namespace, out: Output, bar, counts: dict[str, int]) -> None:
-    """The same rows through Ray Data (clients/label_ray.py); the bar's total is what Ray was handed."""
-    from alexnet_server.clients import label_ray
-
-    def not_image() -> None:
-        counts["not_images"] += 1
-        bar.update(1)
-
-    def total(n: int) -> None:
-        bar.total = n + counts["already_done"] + counts["unreadable"]
-        bar.refresh()
-
-    label_ray.label(args, todo(args, out, bar, counts), lambda result: record(result, out, bar, counts), not_image, total)
+def label(args: argparse.Namespace, out: Output, bar, counts: dict[str, int]) -> None:
+    """Every event of the engine, in the order it comes: rows written, the rest counted."""
+    if args.engine == "ray":
+        from alexnet_server.clients.label_ray import ray_engine as engine
+    else:
+        engine = local_engine
+    for event in engine(args, todo(args, out, bar, counts)):
+        if isinstance(event, Total):
+            bar.total = event.count + counts["already_done"] + counts["unreadable"]
+            bar.refresh()
+        elif isinstance(event, NotImage):
+            counts["not_images"] += 1
+            bar.update(1)
+        else:
+            record(event, out, bar, counts)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -283,12 +199,8 @@ def main(args: argparse.Namespace) -> int:
         counter.start()
     started = time.perf_counter()
     try:
-        (label_on_ray if args.engine == "ray" else label_all)(args, out, bar, counts)
-    except RuntimeError as exc:  # the Ray job failed
-        bar.close()
-        print(f"alexnet-label: error: {exc} (rows so far are in {args.out}; rerun with --resume)", file=sys.stderr)
-        return EXIT_USAGE
-    except ClassifierError as exc:
+        label(args, out, bar, counts)
+    except ClassifierError as exc:  # the server (or the Ray job, RayJobFailed) failed past --retry-timeout
         bar.close()
         print(f"alexnet-label: error: {exc} (rows so far are in {args.out}; rerun with --resume)", file=sys.stderr)
         return EXIT_USAGE

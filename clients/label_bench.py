@@ -60,7 +60,7 @@ def stages(source: Path, address: str) -> dict[str, float]:
     walk (files), put (paths into the object store), write_csv/_jsonl/_parquet (rows), decode (images)."""
     from alexnet_server import imaging
     from alexnet_server.clients.classifier import Result
-    from alexnet_server.clients.label import candidates
+    from alexnet_server.clients.label_sources import candidates
     from alexnet_server.clients.label_output import open_output
     from alexnet_server.clients.label_ray import connect, put_paths
     from alexnet_server.contract.security import MAX_IMAGE_BYTES

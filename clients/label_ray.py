@@ -17,26 +17,26 @@ object store holds them, not the driver).  Ray Data then runs two stages:
    (OpenVINO on CPUs, the pytorch config's model on GPUs, ``num_gpus`` where Ray sees GPUs), or,
    with ``--url``, the project's ``Classifier`` against Triton with its retries and token.
 
-Rows stream back to the driver, which writes each one exactly as the local engine does (CSV or
-JSONL flushed row by row, or Parquet parts: clients/label_output.py); ``--resume`` skips the paths
-the output already holds.  A killed actor or
-task is retried by Ray: its rows come once, from the retry.
+Rows stream back to the driver as events (clients/label_sources.py), which alexnet-label writes
+exactly as the local engine's (CSV or JSONL flushed row by row, or Parquet parts:
+clients/label_output.py); ``--resume`` skips the paths the output already holds.  A killed actor
+or task is retried by Ray: its rows come once, from the retry.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from alexnet_server import imaging
 from alexnet_server.clients.classifier import Result, read_image
-from alexnet_server.clients.label import is_image
+from alexnet_server.clients.label_sources import Event, NotImage, Total, is_image
 from alexnet_server.clients.protocol import ClientError, LocalError, ServerError
+from alexnet_server.clients.topk import from_probs
 from alexnet_server.contract.security import MAX_IMAGE_BYTES
 
 # Paths per Arrow block the driver puts into the object store: a block is one read task's input,
@@ -49,6 +49,10 @@ READ_CPUS = 0.5  # logical CPUs a read task asks for: decoding waits on I/O part
 
 class RayUnavailable(LocalError):
     """Ray is not installed or the cluster cannot be reached; the message says which."""
+
+
+class RayJobFailed(LocalError):
+    """A stage of the Ray job failed (Ray's own error, its cause named in one line)."""
 
 
 def _status(path: str, listed: bool) -> tuple[str, str]:
@@ -92,26 +96,33 @@ def read_files(batch: dict[str, np.ndarray], decode: bool) -> dict[str, np.ndarr
 
 
 def _rows(batch: dict[str, np.ndarray], top: dict[int, list[tuple[str, float]]]) -> dict[str, np.ndarray]:
-    """The stage-2 output: path, status, error, top (JSON [[label, score], ...] for the labelled)."""
-    return {"path": batch["path"], "status": batch["status"], "error": batch["error"],
-            "top": np.array([json.dumps(top.get(i, [])) for i in range(len(batch["path"]))], dtype=object)}  # fmt: skip
+    """The stage-2 output: path, status, error, and the top-k as two list columns (labels,
+    scores: Arrow list<string> and list<double> through the object store), empty where not labelled."""
+    n = len(batch["path"])
+    labels, scores = np.empty(n, dtype=object), np.empty(n, dtype=object)
+    for i in range(n):
+        labels[i] = [label for label, _ in top.get(i, [])]
+        scores[i] = [score for _, score in top.get(i, [])]
+    return {"path": batch["path"], "status": batch["status"], "error": batch["error"], "labels": labels, "scores": scores}
 
 
 class InProcessModel:
-    """Stage 2 (a Ray actor): the served repository's latest version, opened as the served config
-    opens it: ``cpu`` (OpenVINO, the precision measured fastest here among the gated) or, on a GPU
-    actor, ``pytorch``.  Top-k from PROBS with the repository's labels."""
+    """Stage 2 (a Ray actor): the served repository's latest version, opened by its served config
+    (runtime.ServedConfig) as the server opens it: ``cpu`` (OpenVINO, the precision measured
+    fastest here among the gated, its streams and images per run) or, on a GPU actor,
+    ``pytorch``.  Top-k from PROBS with the repository's labels."""
 
-    def __init__(self, repository: str, topk: int, threads: int, gpu: bool) -> None:
+    def __init__(self, repository: str, topk: int, cores: int, gpu: bool) -> None:
         from alexnet_server.contract import MODEL, layout
         from alexnet_server.runtime import Version, served_configs
 
         version = Version.latest(repository)
         if version is None:
             raise RuntimeError(f"no exported model in {Path(repository) / MODEL}: run alexnet-export first")
-        config = served_configs()["pytorch" if gpu else "cpu"]
-        self.model = version.open(config.runtime, config.precision, threads=threads, max_images_per_run=config.max_images_per_run,
-                                  device="cuda" if gpu else "auto")  # fmt: skip
+        # The served repository's own config, as edited there: what its server runs, its threads
+        # taken from this actor's share of the machine where the config leaves them to the cores.
+        config = served_configs(repository)["pytorch" if gpu else "cpu"]
+        self.model = config.open(version, cores=cores or None, device="cuda" if gpu else "auto")
         self.labels = (Path(repository) / MODEL / layout.LABELS).read_text(encoding="utf-8").splitlines()
         self.topk = topk
 
@@ -120,9 +131,7 @@ class InProcessModel:
         top: dict[int, list[tuple[str, float]]] = {}
         if ok:
             probs = self.model(np.ascontiguousarray(batch["image"][ok]))
-            for i, row in zip(ok, probs):
-                best = np.argsort(-row, kind="stable")[: self.topk]
-                top[i] = [(self.labels[j], float(row[j])) for j in best]
+            top = {i: from_probs(row, self.labels, self.topk) for i, row in zip(ok, probs)}
         return _rows(batch, top)
 
 
@@ -213,21 +222,21 @@ def put_paths(ray, todo: Iterator[tuple[str, bool]]) -> tuple[list, int]:
     return refs, count
 
 
-def label(args, todo: Iterator[tuple[str, bool]], write: Callable[[Result], None], not_image: Callable[[], None],
-          total: Callable[[int], None]) -> None:  # fmt: skip
-    """Run the two stages over ``todo`` ((path, listed) not yet in the output) and hand every
-    row to ``write`` as it arrives; ``not_image()`` for a folder's file that is not an image;
-    ``total(n)`` once the paths are in the object store.  Raises RayUnavailable, ServerError
-    (the Triton fleet failed past --retry-timeout) or RuntimeError (the Ray job failed)."""
+def ray_engine(args, todo: Iterator[tuple[str, bool]]) -> Iterator[Event]:
+    """The Ray engine: the two stages over ``todo`` ((path, listed) not yet in the output).  Yields
+    Total once the paths are in the object store, then NotImage and Result events as the rows
+    arrive.  Raises RayUnavailable, ServerError (the Triton fleet failed past --retry-timeout) or
+    RayJobFailed (a stage failed in Ray)."""
     from alexnet_server.clients.protocol import credentials_from
 
     ray = connect(args.address, args.ray_cpus)
     try:
         import ray.data
         from ray.data import ActorPoolStrategy
+        from ray.exceptions import RayError
 
         refs, count = put_paths(ray, todo)
-        total(count)
+        yield Total(count)
         if not count:
             return
         gpus = int(ray.cluster_resources().get("GPU", 0)) if args.url is None else 0
@@ -240,9 +249,9 @@ def label(args, todo: Iterator[tuple[str, bool]], write: Callable[[Result], None
                                                         num_cpus=READ_CPUS)  # fmt: skip
         if decode:
             pool = ActorPoolStrategy(size=args.actors)
-            threads = 0 if gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) // args.actors)
+            cores = 0 if gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) // args.actors)
             stage = ds.map_batches(InProcessModel, batch_size=args.batch_size, batch_format="numpy", compute=pool,
-                                   fn_constructor_kwargs={"repository": str(args.repository), "topk": args.topk, "threads": threads, "gpu": bool(gpus)},
+                                   fn_constructor_kwargs={"repository": str(args.repository), "topk": args.topk, "cores": cores, "gpu": bool(gpus)},
                                    num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)  # fmt: skip
         else:
             pool = ActorPoolStrategy(size=args.actors, max_concurrent_calls_per_actor=TritonModel.CALLS_PER_ACTOR, enable_true_multi_threading=True)
@@ -250,20 +259,21 @@ def label(args, todo: Iterator[tuple[str, bool]], write: Callable[[Result], None
                                    fn_constructor_kwargs={"url": args.url, "protocol": args.protocol, "model": args.model, "topk": args.topk,
                                                           "retry": args.retry_timeout, "credentials": credentials_from(args),
                                                           "concurrency": args.concurrency})  # fmt: skip
-        for batch in stage.iter_batches(batch_size=None, batch_format="numpy"):
-            for path, status, error, top in zip(batch["path"], batch["status"], batch["error"], batch["top"]):
-                if status == "not_image":
-                    not_image()
-                    continue
-                failure = None if status == "ok" else LocalError(str(error), "refused")
-                labels = [(label, float(score)) for label, score in json.loads(top)] if status == "ok" else None
-                write(Result(0, os.fsdecode(bytes(path)), labels, failure))
-    except ClientError:  # the fleet failed past --retry-timeout, or the manifest is unreadable: said as it is
-        raise
-    except Exception as exc:  # noqa: BLE001 - Ray wraps a stage's failure in its own types; one line for the user
-        cause = getattr(exc, "cause", None) or exc
-        if isinstance(cause, ServerError):
-            raise cause from None
-        raise RuntimeError(f"the Ray job failed: {type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}") from None
+        try:
+            for batch in stage.iter_batches(batch_size=None, batch_format="numpy"):
+                for path, status, error, labels, scores in zip(batch["path"], batch["status"], batch["error"], batch["labels"], batch["scores"]):
+                    name = os.fsdecode(bytes(path))
+                    if status == "not_image":
+                        yield NotImage(name)
+                    elif status == "ok":
+                        yield Result(0, name, [(str(label), float(score)) for label, score in zip(labels, scores)], None)
+                    else:
+                        yield Result(0, name, None, LocalError(str(error), "refused"))
+        except RayError as exc:  # a stage's failure, in Ray's own types; the fleet's ServerError is said as it is
+            cause = getattr(exc, "cause", None) or exc
+            if isinstance(cause, ServerError):
+                raise cause from None
+            words = str(cause).strip().splitlines()
+            raise RayJobFailed(f"the Ray job failed: {type(cause).__name__}: {words[-1] if words else ''}") from None
     finally:
         ray.shutdown()

@@ -233,13 +233,3 @@ def credentials_from(args: argparse.Namespace) -> Credentials:
 def bytes_batch(items: list[bytes]) -> np.ndarray:
     """Encoded images as the [N,1] BYTES tensor that IMAGE_BYTES takes."""
     return np.array([[item] for item in items], dtype=object)
-
-
-def parse_top(entries: np.ndarray) -> list[tuple[str, float]]:
-    """Triton's classification strings ``score:index:label`` -> [(label, score)], best first."""
-    out = []
-    for entry in np.asarray(entries).reshape(-1):
-        text = entry.decode("utf-8") if isinstance(entry, bytes) else str(entry)
-        score, index, *label = text.split(":", 2)
-        out.append((label[0] if label and label[0] else index, float(score)))
-    return out

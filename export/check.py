@@ -21,8 +21,7 @@ import numpy as np
 
 from alexnet_server import imaging
 from alexnet_server.contract import cpu
-from alexnet_server.runtime import RuntimeUnavailable, Version
-from alexnet_server.runtime import precision as precision_policy
+from alexnet_server.runtime import RuntimeUnavailable, Version, served_configs
 
 BATCH_SIZES = (1, 3, 8)
 ONNX_TOLERANCE = 1e-5
@@ -204,7 +203,8 @@ def cpu_precision_gates(staged: Version, held_back: np.ndarray | None, views: np
     # The cpu config serves the fastest of these on the CPU it runs on: time them here, where
     # they were just built; a server on another kind of CPU times them again at start.
     passed = sorted(dataclasses.replace(staged.record, cpu_precisions=record).allowed_precisions())
-    rates = staged.time_cpu_precisions(passed)
-    record["timings"] = {"cpu": record["cpu"], "max_images_per_run": precision_policy.TIMING_IMAGES_PER_RUN, "images_per_s": rates}
+    served = served_configs()["cpu"]  # timed as the cpu config runs them: its threads, streams and runs
+    rates = served.time_precisions(staged, passed)
+    record["timings"] = {"cpu": record["cpu"], "max_images_per_run": served.timing_images(), "images_per_s": rates}
     print("OpenVINO on this CPU, images/s (10-crop, in-process): " + ", ".join(f"{p} {r:.2f}" for p, r in sorted(rates.items(), key=lambda x: -x[1])))
     return record

@@ -21,7 +21,9 @@ INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 TIE = 0.97  # within 3% of the fastest is a tie: 1.5 s of timing on 2 cores does not tell them apart
 TIMING_SECONDS = 1.5  # per precision, after a warm-up run: enough to tell 1.2x apart on 2 cores
-TIMING_IMAGES_PER_RUN = 4  # the cpu config's max_images_per_run: the runs the server makes
+# Images per timed run for a caller that runs whole batches and names no served config (a served
+# config times runs of its own size: ServedConfig.timing_images).
+WHOLE_BATCH_TIMING_IMAGES = 8
 
 
 def flag_order(cpu_flags: Iterable[str], allowed: Iterable[str]) -> list[str]:
@@ -34,7 +36,7 @@ def flag_order(cpu_flags: Iterable[str], allowed: Iterable[str]) -> list[str]:
     return ([first] if first else []) + [p for p in ("int8", "bf16", "f32") if p in allowed and p != first]
 
 
-def time_precisions(open_runtime: Callable[[str], Callable], precisions: Iterable[str], images_per_run: int = TIMING_IMAGES_PER_RUN,
+def time_precisions(open_runtime: Callable[[str], Callable], precisions: Iterable[str], images_per_run: int,
                     seconds: float = TIMING_SECONDS) -> dict[str, float]:  # fmt: skip
     """{precision: images/s} in this process: ``open_runtime(precision)`` run on random uint8
     images [2 x images_per_run, 3, 256, 256] (10-crop inside the graph) for ``seconds`` after a
@@ -42,8 +44,7 @@ def time_precisions(open_runtime: Callable[[str], Callable], precisions: Iterabl
     import numpy as np
 
     from alexnet_server import imaging
-    per_run = images_per_run or TIMING_IMAGES_PER_RUN
-    images = np.random.default_rng(0).integers(0, 256, (2 * per_run, 3, imaging.SIZE, imaging.SIZE), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (2 * images_per_run, 3, imaging.SIZE, imaging.SIZE), dtype=np.uint8)
     rates = {}
     for precision in precisions:
         run = open_runtime(precision)

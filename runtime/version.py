@@ -12,8 +12,8 @@ serves (its default version policy serves the latest).  This module is its one o
   maps a request to a file and applies the gates.  The ``alexnet`` Triton model, export's own
   checks, ``python -m alexnet_server.export.evaluate``, ``alexnet-bench --inprocess`` and the GPU check all
   open models here, so a gate, a benchmark and the server never run a file differently.
-- ``ServedConfig`` reads alexnet's config variants from the template (``configs/*.pbtxt``, the
-  one description of each) and ``Version.missing`` says which files a config needs.
+- ``runtime.served.ServedConfig`` (a served config's parameters) opens versions through
+  ``Version.open`` as the server does.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet_server.contract import MODEL, cpu, files, layout
-from alexnet_server.runtime import engines, model_config, precision
+from alexnet_server.runtime import engines, precision
 from alexnet_server.runtime.engines import Runtime, RuntimeUnavailable
 
 FORMAT = 1  # export.json's format; a reader refuses any other
@@ -170,18 +170,18 @@ class Version:
         allowed = self.record.allowed_precisions()
         if wanted == "auto":
             timings = (self.record.cpu_precisions or {}).get("timings")
-            return precision.choose(allowed, timings, here or cpu.describe(), measure or self.time_cpu_precisions)
+            return precision.choose(allowed, timings, here or cpu.describe(), measure or (lambda ps: self.time_cpu_precisions(ps, 0, 1, precision.WHOLE_BATCH_TIMING_IMAGES)))
         if wanted not in allowed:
             raise RuntimeUnavailable(f"precision {wanted} is not served from {self.folder.name}: {self.record.refusal(wanted)} "
                                      f"(re-export on a machine that can check it{', with --int8' if wanted == 'int8' else ''})")  # fmt: skip
         return wanted, "asked for"
 
-    def time_cpu_precisions(self, precisions: list[str], threads: int = 0, streams: int = 1,
-                            max_images_per_run: int = precision.TIMING_IMAGES_PER_RUN) -> dict[str, float]:  # fmt: skip
-        """{precision: images/s} of OpenVINO on this CPU for each of ``precisions`` (no gate applied:
-        export times the candidates its gates just passed)."""
-        opener = lambda p: self.open("openvino", p, threads=threads, streams=streams, max_images_per_run=max_images_per_run, gated=False)  # noqa: E731
-        return precision.time_precisions(opener, precisions, max_images_per_run)
+    def time_cpu_precisions(self, precisions: list[str], threads: int, streams: int, images_per_run: int) -> dict[str, float]:
+        """{precision: images/s} of OpenVINO on this CPU for each of ``precisions``, run with
+        ``threads`` and ``streams``, ``images_per_run`` at a time (no gate applied: export times
+        the candidates its gates just passed).  A served config's parameters: ServedConfig.time_precisions."""
+        opener = lambda p: self.open("openvino", p, threads=threads, streams=streams, max_images_per_run=images_per_run, gated=False)  # noqa: E731
+        return precision.time_precisions(opener, precisions, images_per_run)
 
     # --- a runnable model -------------------------------------------------------------------------
 
@@ -195,7 +195,10 @@ class Version:
         - ``pytorch``: model.pt on ``device`` (auto: CUDA where visible), ``wanted`` auto (bf16
           autocast on CUDA, f32 on the CPU), f32, bf16 or fp16.
 
-        ``threads`` 0 = every core; ``max_images_per_run`` bounds the activations one run holds.
+        ``threads`` 0 = every core; ``max_images_per_run`` bounds the activations one run holds
+        (0: the whole batch); ``measure`` times the candidate precisions for ``auto`` (a served
+        config's way: ServedConfig.open; by default, runs of ``max_images_per_run`` or of
+        ``precision.WHOLE_BATCH_TIMING_IMAGES``).
         The returned runtime's ``why`` says how the precision was chosen.  Raises
         RuntimeUnavailable (package, device or gate), FileNotFoundError (file missing),
         RecordError (export.json), ValueError (unknown runtime or precision)."""
@@ -203,7 +206,7 @@ class Version:
         if runtime == "openvino":
             if gated:
                 wanted, why = self.cpu_precision(
-                    wanted, measure=measure or (lambda ps: self.time_cpu_precisions(ps, threads, streams, max_images_per_run or precision.TIMING_IMAGES_PER_RUN)))
+                    wanted, measure=measure or (lambda ps: self.time_cpu_precisions(ps, threads, streams, max_images_per_run or precision.WHOLE_BATCH_TIMING_IMAGES)))
             wanted = "f32" if wanted == "auto" else wanted
             model = engines.openvino(self.file(file_for(runtime, wanted)), wanted, threads, streams, max_images_per_run)
         elif runtime == "onnxruntime":
@@ -219,60 +222,3 @@ class Version:
             raise ValueError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
         model.why = why
         return model
-
-    def missing(self, config: "ServedConfig") -> list[str]:
-        """The files ``config`` needs that this version lacks."""
-        return [FILES[kind] for kind in config.needs() if not self.has(kind)]
-
-
-# --- alexnet's config variants, as the template describes them --------------------------------------
-
-
-@dataclass(frozen=True)
-class ServedConfig:
-    """One of alexnet's Triton configs: ``configs/<name>.pbtxt``, or ``config.pbtxt`` (named
-    after its backend) when ``model_config_name`` is None."""
-
-    name: str
-    model_config_name: str | None  # Triton's --model-config-name; None: the default config.pbtxt
-    backend: str  # python | onnxruntime | tensorrt
-    runtime: str  # the python model's "runtime" parameter, else the backend
-    precision: str  # the python model's "precision" parameter (auto where unset)
-    max_images_per_run: int = 0
-
-    def needs(self) -> list[str]:
-        """The file kinds (keys of ``FILES``) a version must hold for this config."""
-        kinds = [file_for(self.runtime, self.precision)]
-        return kinds + (["code"] if self.backend == "python" else [])
-
-    def export_flags(self) -> str:
-        """What alexnet-export must be told to write this config's files ("" when it always does)."""
-        return " ".join(EXPORT_FLAGS[k] for k in self.needs() if k in EXPORT_FLAGS)
-
-
-# Triton's platform names and the backends that run them (Triton's model_configuration.md).
-_PLATFORM_BACKENDS = {"tensorrt_plan": "tensorrt", "onnxruntime_onnx": "onnxruntime"}
-
-
-def served_configs(template: str | os.PathLike = layout.TEMPLATE, model: str = MODEL) -> dict[str, ServedConfig]:
-    """alexnet's config variants, read from the template's pbtxt files with Triton's own
-    ModelConfig schema (``runtime.model_config``): the one description of each."""
-    folder = Path(template) / model
-    found = {}
-    for path in [folder / "config.pbtxt", *sorted((folder / "configs").glob("*.pbtxt"))]:
-        if not path.is_file():
-            continue
-        config = model_config.read(path)
-        params = model_config.parameters(config)
-        backend = config.get("backend") or _PLATFORM_BACKENDS.get(config.get("platform", ""), config.get("platform", ""))
-        named = path.parent.name == "configs"
-        name = path.stem if named else backend
-        found[name] = ServedConfig(name, path.stem if named else None, backend, params.get("runtime", backend),
-                                   params.get("precision", "auto"), int(params.get("max_images_per_run", "0")))  # fmt: skip
-    return found
-
-
-def images_per_run(runtime: str, template: str | os.PathLike = layout.TEMPLATE) -> int:
-    """The ``max_images_per_run`` the served configs of ``runtime`` use (0 where none is set):
-    what an in-process run must use to measure what the server runs."""
-    return next((c.max_images_per_run for c in served_configs(template).values() if c.runtime == runtime and c.max_images_per_run), 0)

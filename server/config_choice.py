@@ -62,7 +62,7 @@ def check_repository(repository: Path, config: str) -> None:
         version.record  # an old or foreign export.json is refused here, not by a model that fails to load
     except RecordError as exc:
         raise ServeError(str(exc)) from None
-    missing = version.missing(CONFIGS[config])
+    missing = CONFIGS[config].missing(version)
     if not (repository / MODEL / layout.LABELS).is_file():
         missing.append(f"../{layout.LABELS}")
     if missing:

@@ -117,8 +117,7 @@ def test_ray_engine_writes_the_local_engines_rows(hostile, triton_server, ray_cl
     from alexnet_server import imaging
     from alexnet_server.runtime import Version, served_configs
 
-    config = served_configs()["cpu"]
-    model = Version.latest(served_repository).open(config.runtime, config.precision, max_images_per_run=config.max_images_per_run)
+    model = served_configs(served_repository)["cpu"].open(Version.latest(served_repository))
     labels = (served_repository / "alexnet" / "labels.txt").read_text().splitlines()
     for path, row in mine.items():
         if not row["error"]:

@@ -204,3 +204,31 @@ def test_a_non_editable_install_exports_serves_and_classifies_outside_the_checko
     finally:
         code = serving.stop(serve)
     assert code == 0, out.read_text()[-2000:]
+
+
+def test_no_module_imports_itself_round_about():
+    """The modules' import graph, every import statement counted (lazy ones too), has no cycle:
+    a cycle is two modules that cannot be understood, tested or moved one without the other."""
+    import graphlib
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import import_walk
+
+    every = [f"{NS}.{path.relative_to(ROOT).with_suffix('').as_posix().replace('/', '.')}".removesuffix(".__init__")
+             for package in sorted(PROJECT) for path in sorted((ROOT / package).rglob("*.py"))]  # fmt: skip
+    found = import_walk.walk(every, ROOT)
+    assert f"{NS}.clients.label_ray" in found.files and len(found.files) > 60, "every module of the project is in the graph"
+    graph: dict[str, set[str]] = {}
+    for module, path in found.files.items():
+        targets = set()
+        for target, names, _line, _scope, _guarded in import_walk._imports(path, module):
+            if target.split(".")[0] != NS:
+                continue
+            for name in [f"{target}.{n}" for n in names if import_walk.module_file(f"{target}.{n}", ROOT)] or [target]:
+                if name in found.files and name != module and not module.startswith(name + "."):
+                    targets.add(name)
+        graph[module] = targets
+    try:
+        list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as exc:
+        pytest.fail(f"import cycle: {' -> '.join(exc.args[1])}")

@@ -26,34 +26,28 @@ import triton_python_backend_utils as pb_utils
 
 from alexnet_server import contract
 from alexnet_server import imaging
-from alexnet_server.contract import cpu
-from alexnet_server.runtime import RecordError, RuntimeUnavailable, Version
+from alexnet_server.runtime import RecordError, RuntimeUnavailable, ServedConfig, Version
+from alexnet_server.runtime.model_config import ConfigError
 
 SHAPE = (3, imaging.SIZE, imaging.SIZE)  # the config's dims say the same, and Triton checks them first
 
 
-def _threads(config: dict, params: dict) -> int:
-    """``threads`` 0: the cores available to the server, split evenly among the model's
-    instances (each instance is its own stub process with its own thread pool)."""
-    instances = sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
-    return int(params.get("threads", "0")) or max(1, cpu.cores() // instances)
-
-
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        kind = params.get("runtime", "openvino")
+        try:
+            # Every parameter of the config, read once (runtime.ServedConfig): runtime, precision,
+            # threads (0: the cores split among the instances), streams, images per run.
+            config = ServedConfig.from_model_config(json.loads(args["model_config"]))
+        except ConfigError as exc:
+            raise pb_utils.TritonModelException(f"alexnet: {exc}") from None
         gpu = args.get("model_instance_kind") == "GPU"
         try:
             # openvino auto: the fastest measured on this CPU; timed again here (seconds) only
             # when export's timings come from another kind of CPU.
-            self.runtime = Version(Path(args["model_repository"]) / args["model_version"]).open(
-                kind, params.get("precision", "auto"), threads=_threads(config, params), streams=int(params.get("streams", "1")),
-                max_images_per_run=int(params.get("max_images_per_run", "0")),
-                device=f"cuda:{args['model_instance_device_id']}" if gpu else "auto")  # fmt: skip
+            version = Version(Path(args["model_repository"]) / args["model_version"])
+            self.runtime = config.open(version, device=f"cuda:{args['model_instance_device_id']}" if gpu else "auto")
         except (RuntimeUnavailable, RecordError, FileNotFoundError, ValueError) as exc:
-            raise pb_utils.TritonModelException(f"alexnet ({kind}): {exc}") from None
+            raise pb_utils.TritonModelException(f"alexnet ({config.runtime}): {exc}") from None
         note = f"; precision {self.runtime.why}" if self.runtime.why else ""
         pb_utils.Logger.log_info(f"{args['model_instance_name']}: {self.runtime.describe()}{note}")
 
