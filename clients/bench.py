@@ -38,7 +38,7 @@ from alexnet_server.clients.load import Level, ServerMemory, run_level, run_open
 from alexnet_server.clients.protocol import DEFAULT_URLS, PROTOCOLS, ClientError, Connection, LocalError, ServerError, add_credential_arguments, bytes_batch, credentials_from
 from alexnet_server.contract import ENSEMBLE, MODEL, PREPROCESS, cpu, layout
 from alexnet_server.contract.cli import HelpFormatter
-from alexnet_server.runtime import RecordError, RuntimeUnavailable, ServedConfig, Version
+from alexnet_server.runtime import ChoiceError, RecordError, RuntimeUnavailable, ServedConfig, Version
 from alexnet_server.runtime.model_config import ConfigError
 
 
@@ -164,7 +164,7 @@ def inprocess_caller(args: argparse.Namespace, images: list[bytes], config: Serv
         raise LocalError(f"no exported model in {args.repository / MODEL} for --inprocess: run alexnet-export first")
     try:
         model = config.open(version)
-    except (RuntimeUnavailable, RecordError, FileNotFoundError, ValueError) as exc:
+    except (RuntimeUnavailable, RecordError, ChoiceError, FileNotFoundError) as exc:
         raise LocalError(f"in-process {config.runtime} {config.precision}: {exc}") from None
     why = model.why
     decode = args.model == ENSEMBLE  # the ensemble's baseline decodes in each call; alexnet's gets arrays

@@ -21,7 +21,6 @@ Exit codes: 0 all labelled, 1 some images failed or some entries could not be re
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 import time
@@ -31,7 +30,7 @@ from typing import Iterator
 from alexnet_server.clients.classifier import Classifier, ClassifierError, Result
 from alexnet_server.clients.label_output import PART_ROWS, Output, open_output
 from alexnet_server.clients.label_sources import MANIFEST_SUFFIXES, Event, NotImage, Total, candidates, is_image, is_manifest
-from alexnet_server.clients.protocol import DEFAULT_URLS, PROTOCOLS, LocalError, add_credential_arguments, credentials_from
+from alexnet_server.clients.protocol import DEFAULT_URLS, PROTOCOLS, add_credential_arguments, credentials_from
 from alexnet_server.contract import ENSEMBLE, layout
 from alexnet_server.contract.cli import HelpFormatter
 
@@ -188,7 +187,7 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         out = open_output(args.out, args.resume, args.keep_failed, args.part_rows)
-    except (ClassifierError, OSError, ValueError, json.JSONDecodeError) as exc:
+    except ClassifierError as exc:  # LocalError: --out exists, is a folder, cannot be read back or opened
         print(f"alexnet-label: error: {args.out}: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -56,10 +56,13 @@ def parquet_schema():
 
 def open_output(path: Path, resume: bool, keep_failed: bool = False, part_rows: int = PART_ROWS) -> "Output":
     """The writer ``path``'s suffix names: .parquet (a directory of parts), .jsonl/.ndjson/.json, else CSV.
-    LocalError when ``path`` exists without ``resume`` or is not what its suffix says."""
-    if path.suffix.lower() == ".parquet":
-        return ParquetOutput(path, resume, keep_failed, part_rows)
-    return LineOutput(path, resume, keep_failed)
+    LocalError when ``path`` exists without ``resume``, is not what its suffix says, or cannot be opened."""
+    try:
+        if path.suffix.lower() == ".parquet":
+            return ParquetOutput(path, resume, keep_failed, part_rows)
+        return LineOutput(path, resume, keep_failed)
+    except (PermissionError, IsADirectoryError, NotADirectoryError, FileNotFoundError) as exc:  # the file system's answer on --out
+        raise LocalError(f"{exc.strerror or exc}: {exc.filename or path}") from None
 
 
 def _csv_line(row) -> str:
@@ -104,10 +107,13 @@ class LineOutput:
                     out.append((row[0], row[3] if len(row) > 3 else "", _csv_line(row)))
             return out
         out = []
-        for line in text.splitlines(keepends=True):
+        for number, line in enumerate(text.splitlines(keepends=True), 1):
             if line.strip():
-                row = json.loads(line)
-                out.append((row["path"], row.get("error", ""), line))
+                try:
+                    row = json.loads(line)
+                    out.append((row["path"], row.get("error", ""), line))
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                    raise LocalError(f"{self.path} line {number} is not an alexnet-label row: choose another --out, or remove the file") from None
         return out
 
     def _recover(self, keep_failed: bool) -> None:

@@ -133,7 +133,7 @@ class Connection:
     ) -> None:
         """``credentials``: the token and CA to use; None = from the environment (Credentials.resolve)."""
         if protocol not in PROTOCOLS:
-            raise ServerError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+            raise LocalError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
         self.protocol = protocol
         self.url = url or DEFAULT_URLS[protocol]
         self.timeout = timeout
@@ -210,11 +210,12 @@ class Connection:
 
 
 def resolve_credentials(token_file=None, ca=None, cert=None, key=None) -> Credentials:
-    """Credentials from flags, else the environment; ServerError naming the problem."""
+    """Credentials from flags, else the environment; LocalError naming the problem (an unreadable
+    or unusable token or certificate file is the caller's, not the server's)."""
     try:
         return Credentials.resolve(token_file, ca, cert, key)
     except security.CredentialError as exc:
-        raise ServerError(str(exc)) from None
+        raise LocalError(str(exc), "unauthenticated") from None
 
 
 def add_credential_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,7 +22,9 @@ import numpy as np
 from alexnet_server import imaging
 from alexnet_server.contract import layout
 from alexnet_server.contract.cli import HelpFormatter
-from alexnet_server.runtime import ExportRecord, Version
+from alexnet_server.imaging.datasets import DataError
+from alexnet_server.runtime import ExportRecord, RecordError, Version
+from alexnet_server.runtime.model_config import ConfigError
 from alexnet_server.export import check, plan, quantize, repository, tensorrt_engine
 from alexnet_server.export.check import CheckFailed
 from alexnet_server.export.repository import RepositoryError
@@ -187,7 +189,15 @@ def cli(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         return main(args)
-    except (RepositoryError, quantize.CalibrationError, ValueError) as exc:  # CheckpointError and RecordError are ValueErrors
+    except (RepositoryError, quantize.CalibrationError, RecordError, ConfigError, imaging.ImageError, DataError) as exc:
+        print(f"alexnet-export: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
+        # A checkpoint's problems (train.checkpoint.CheckpointError); that module brings torch, which
+        # --plan-only does without, so it is named only where it was loaded.  Any other ValueError is a bug.
+        checkpoint = sys.modules.get("alexnet_server.train.checkpoint")
+        if checkpoint is None or not isinstance(exc, checkpoint.CheckpointError):
+            raise
         print(f"alexnet-export: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except CheckFailed as exc:
@@ -196,7 +206,7 @@ def cli(argv: list[str] | None = None) -> int:
     except tensorrt_engine.TensorRTUnavailable as exc:
         print(f"alexnet-export: {exc}; nothing written", file=sys.stderr)
         return EXIT_NO_TENSORRT
-    except OSError as exc:
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:  # a path the user named
         print(f"alexnet-export: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return EXIT_USAGE
 

@@ -11,8 +11,8 @@ Imports ``contract`` and ``imaging`` only; the runtime packages themselves are i
 when a model is opened, so ``import runtime`` needs neither NumPy nor PyTorch.
 """
 
-from alexnet_server.runtime.engines import Runtime, RuntimeUnavailable
+from alexnet_server.runtime.engines import ChoiceError, Runtime, RuntimeUnavailable
 from alexnet_server.runtime.served import ServedConfig, served_configs
 from alexnet_server.runtime.version import FILES, ExportRecord, RecordError, Version
 
-__all__ = ["FILES", "ExportRecord", "RecordError", "Runtime", "RuntimeUnavailable", "ServedConfig", "Version", "served_configs"]
+__all__ = ["ChoiceError", "FILES", "ExportRecord", "RecordError", "Runtime", "RuntimeUnavailable", "ServedConfig", "Version", "served_configs"]

@@ -27,6 +27,10 @@ from alexnet_server.contract import cpu
 PRECISIONS = ("f32", "bf16", "int8")  # OpenVINO's CPU precisions
 
 
+class ChoiceError(ValueError):
+    """A runtime or precision this project does not have (a user's typo, said in one line)."""
+
+
 class RuntimeUnavailable(RuntimeError):
     """The runtime cannot run here (package not installed, no GPU); the message says which."""
 
@@ -99,7 +103,7 @@ def openvino(
     except ImportError:
         raise RuntimeUnavailable("OpenVINO is not installed (pip install '.[serve]' or openvino)") from None
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ChoiceError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "bf16" and not cpu.has_native_bf16():
         raise RuntimeUnavailable("bf16 needs a CPU with AMX or AVX512-BF16; this one has neither (use f32)")
     path = _require(path)
@@ -162,7 +166,7 @@ def pytorch(path: str | os.PathLike, device: str = "auto", precision: str = "aut
         precision = "bf16" if device.startswith("cuda") else "f32"
     dtypes = {"f32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision not in dtypes:
-        raise ValueError(f"precision must be one of {', '.join(dtypes)}, got {precision!r}")
+        raise ChoiceError(f"precision must be one of {', '.join(dtypes)}, got {precision!r}")
     import warnings
 
     with warnings.catch_warnings():

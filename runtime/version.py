@@ -28,7 +28,7 @@ from typing import Any
 
 from alexnet_server.contract import MODEL, cpu, files, layout
 from alexnet_server.runtime import engines, precision
-from alexnet_server.runtime.engines import Runtime, RuntimeUnavailable
+from alexnet_server.runtime.engines import ChoiceError, Runtime, RuntimeUnavailable
 
 FORMAT = 1  # export.json's format; a reader refuses any other
 RECORD = "export.json"  # in each version folder
@@ -123,7 +123,7 @@ def file_for(runtime: str, wanted: str) -> str:
         return "int8" if wanted == "int8" else "f32"
     if runtime == "tensorrt":
         return "plan"
-    raise ValueError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
+    raise ChoiceError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
 
 
 @dataclass
@@ -201,7 +201,7 @@ class Version:
         ``precision.WHOLE_BATCH_TIMING_IMAGES``).
         The returned runtime's ``why`` says how the precision was chosen.  Raises
         RuntimeUnavailable (package, device or gate), FileNotFoundError (file missing),
-        RecordError (export.json), ValueError (unknown runtime or precision)."""
+        RecordError (export.json), ChoiceError (unknown runtime or precision)."""
         why = ""
         if runtime == "openvino":
             if gated:
@@ -212,13 +212,13 @@ class Version:
         elif runtime == "onnxruntime":
             wanted = "f32" if wanted == "auto" else wanted
             if wanted not in ("f32", "int8"):
-                raise ValueError(f"ONNX Runtime runs f32 or int8 here, not {wanted!r}")
+                raise ChoiceError(f"ONNX Runtime runs f32 or int8 here, not {wanted!r}")
             if gated:
                 wanted, why = self.cpu_precision(wanted)
             model = engines.onnxruntime(self.file(file_for(runtime, wanted)), threads, max_images_per_run, wanted)
         elif runtime == "pytorch":
             model = engines.pytorch(self.file("torchscript"), device, wanted, max_images_per_run)
         else:
-            raise ValueError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
+            raise ChoiceError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
         model.why = why
         return model

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -27,18 +26,18 @@ import socket
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 from alexnet_server.contract import gpu, layout, security
 from alexnet_server.contract.cli import HelpFormatter
 from alexnet_server.server import front, health, triton
 from alexnet_server.server.config_choice import CONFIGS, check_repository, choose_config
-from alexnet_server.server.process import Process, wait_ready
+from alexnet_server.server.exposure import ADMIN_KEY_FILE_ENV, Exposure, exposure
+from alexnet_server.server.process import Process
+from alexnet_server.server.supervise import Child, Supervisor, say
 from alexnet_server.server.triton import ServeError
 
-ADMIN_KEY_FILE_ENV = "ALEXNET_ADMIN_KEY_FILE"
-
+FRONT_READY_TIMEOUT_S = 30
 
 def _ports(text: str) -> tuple[int, int, int]:
     try:
@@ -94,62 +93,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-# --- one Triton process ------------------------------------------------------------------------------
-
-
-# --- who may call, and how ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Exposure:
-    """What the front asks of callers, and Triton's admin key (README, "Security")."""
-
-    token: str | None
-    tls: front.Tls | None
-    admin_key: str
-    warnings: tuple[str, ...] = ()
-
-
-_ADMIN_KEY = re.compile(r"^[A-Za-z0-9_-]{16,}$")  # it goes into Triton's flag syntax (',', ':' and '=' are separators)
-
-
-def exposure(args: argparse.Namespace) -> Exposure:
-    """Credentials from files and the environment; a host beyond loopback without them is refused
-    unless ``--insecure`` says so, and then warned about."""
-    try:
-        token = security.token_from(args.token_file)
-        admin_file = args.admin_key_file or os.environ.get(ADMIN_KEY_FILE_ENV)
-        admin_key = security.read_secret(admin_file, "admin key") if admin_file else secrets.token_urlsafe(32)
-    except security.CredentialError as exc:
-        raise ServeError(str(exc)) from None
-    if not _ADMIN_KEY.match(admin_key):
-        raise ServeError(f"the admin key from {admin_file} is not usable: it needs 16 or more of A-Z a-z 0-9 _ -")
-    tls = None
-    if args.tls_cert or args.tls_key:
-        if not (args.tls_cert and args.tls_key):
-            raise ServeError("TLS needs both --tls-cert and --tls-key")
-        for path in (args.tls_cert, args.tls_key, args.tls_client_ca):
-            if path is not None and not path.is_file():
-                raise ServeError(f"{path} does not exist")
-        tls = front.Tls(args.tls_cert.resolve(), args.tls_key.resolve(), args.tls_client_ca.resolve() if args.tls_client_ca else None)
-    elif args.tls_client_ca:
-        raise ServeError("--tls-client-ca needs --tls-cert and --tls-key")
-    warnings: list[str] = []
-    if args.front == "none":
-        if not front.is_loopback(args.host) or token or tls:
-            raise ServeError("--front none serves Triton's own ports on a loopback --host, without token or TLS; "
-                             "a token, TLS or another host need the nginx front")  # fmt: skip
-        warnings.append("--front none: clients reach Triton 2.51's own ports on loopback (no body cap, no routing); for measuring, not for exposing")
-    elif not front.is_loopback(args.host):
-        missing = [what for what, present in (("a bearer token (--token-file or $ALEXNET_TOKEN_FILE)", token), ("TLS (--tls-cert and --tls-key)", tls)) if not present]  # fmt: skip
-        if missing and not args.insecure:
-            raise ServeError(f"--host {args.host} is reachable from other machines: it needs {' and '.join(missing)}, "
-                             f"or --insecure to serve without (anyone who reaches the port may then use the model{'' if tls else ', in clear text'})")  # fmt: skip
-        if missing:
-            warnings.append(f"--insecure: serving on {args.host} WITHOUT {' and '.join(missing)}: anyone who can reach these ports can use the model")
-    return Exposure(token, tls, admin_key, tuple(warnings))
-
-
 # --- serving ---------------------------------------------------------------------------------------------
 
 
@@ -172,169 +115,88 @@ def _free_ports(n: int, taken: tuple[int, ...]) -> list[int]:
             s.close()
 
 
-def _watch(triton_proc: Process, front_proc: Process | None, stop: threading.Event, urls: tuple[str, str], tls: bool, args: argparse.Namespace) -> str:
-    """Block until a stop is asked for ("stop"), a child exits ("triton exited", "front exited")
-    or fails its checks ("triton unhealthy: why", "front unhealthy: why").
-
-    Triton is checked with a real request on its own port; the front with its readiness
-    answer on the public port.  The checks run in their own thread, so a stop never waits."""
-    verdict: list[str] = []
-    done = threading.Event()
-    triton_url, public_url = urls
-
-    def checks() -> None:
-        failures = {"triton": 0, "front": 0}
-        while not done.wait(args.health_interval):
-            problems = {"triton": health.check(triton_url)}
-            if front_proc is not None:
-                status = health.ready_status(public_url, tls, timeout=10)
-                problems["front"] = None if status == 200 or (status == 503 and problems["triton"]) else f"its readiness answer was {status or 'nothing'}"
-            for who, problem in problems.items():
-                failures[who] = failures[who] + 1 if problem else 0
-                if failures[who] >= args.health_failures and not done.is_set():
-                    verdict.append(f"{who} unhealthy: {problem} ({failures[who]} checks in a row)")
-                    return
-
-    if args.health_interval > 0:
-        threading.Thread(target=checks, daemon=True, name="health").start()
-    try:
-        while not stop.wait(0.2):
-            if triton_proc.proc.poll() is not None:
-                return "triton exited"
-            if front_proc is not None and front_proc.proc.poll() is not None:
-                return "front exited"
-            if verdict:
-                return verdict[0]
-        return "stop"
-    finally:
-        done.set()
-
-
-def _print_errors(what: str, process: Process, log_path: Path, show_path: bool) -> None:
-    print(what, file=sys.stderr)
-    for line in process.errors():
-        print(f"  {line}", file=sys.stderr)
-    if show_path:
-        print(f"  (full log: {log_path})", file=sys.stderr)
-
-
 def serve(args: argparse.Namespace) -> int:
+    """Choose alexnet's config, write the front's configuration, then start and supervise nginx and Triton."""
     repository = args.repository.resolve()
     server = triton.find()
     guard = exposure(args)
     for warning in guard.warnings:
-        print(f"alexnet-serve: WARNING: {warning}", file=sys.stderr, flush=True)
+        say(f"WARNING: {warning}", error=True)
     try:
         workdir = Path(tempfile.mkdtemp(prefix="alexnet-serve-"))
     except OSError as exc:  # a read-only root with no writable /tmp (a pod without its emptyDir)
         raise ServeError(f"no writable temporary folder for nginx's and Triton's working files (set TMPDIR, or mount one at /tmp): {exc}") from None
-    log_path = args.log_file or workdir / "tritonserver.log"
-    front_log = log_path.with_name(f"{log_path.stem}.front.log")
     stop = threading.Event()
-    triton_proc: Process | None = None
-    front_proc: Process | None = None
+    supervisor: Supervisor | None = None
     try:
         server = triton.prepare_wheel_backends(server, workdir)
         config, why = choose_config(args.config, repository, triton.backends(server), gpu.visible_gpus(), gpu.libnvinfer_version())
         check_repository(repository, config)
-        public = front.Ports(args.http_port, args.grpc_port, args.metrics_port)
-        with_front = args.front == "nginx"
-        inner = front.Ports(*(args.triton_ports or _free_ports(3, (public.http, public.grpc, public.metrics)))) if with_front else public
-        triton_host = "127.0.0.1" if with_front else args.host
-        if with_front:
-            try:
-                nginx = front.find_nginx()
-                conf = front.write_config(workdir / "front", args.host, public, inner, guard.token, guard.tls, args.drain_timeout)
-            except front.FrontError as exc:
-                raise ServeError(str(exc)) from None
-        cmd = triton.command(server, repository, CONFIGS[config].model_config_name, (inner.http, inner.grpc, inner.metrics),
-                             guard.admin_key, f"alexnet_{secrets.token_hex(8)}_", exit_timeout=max(1, round(args.drain_timeout)),
-                             address=triton_host)  # fmt: skip
-        triton_url = f"{front.probe_host(triton_host)}:{inner.http}"
-        public_url = f"{front.probe_host(args.host)}:{args.http_port}"
-
-        def on_signal(signum, _frame):
-            stop.set()
-
+        children, inner = _children(args, server, repository, config, guard, workdir)
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, on_signal)
-
-        def start_front() -> Process:
-            proc = Process(front.command(nginx, conf), dict(os.environ), front_log, args.verbose)
-            if not wait_ready(proc.proc, lambda: health.ready_status(public_url, guard.tls is not None) is not None, 30, stop):
-                proc.reap()
-                _print_errors("alexnet-serve: the front (nginx) did not start; its errors:", proc, front_log, bool(args.log_file))
-                raise _Failed()
-            return proc
-
-        auth = "bearer token required" if guard.token else "no token"
-        front_words = (f"front: nginx, {'TLS' if guard.tls else 'plain text'}{', client certificates' if guard.tls and guard.tls.client_ca else ''}, {auth}"
-                       if with_front else "no front")  # fmt: skip
-        print(f"alexnet-serve: starting Triton ({server.source}) on {repository}, alexnet config '{config}' ({why}); {front_words}", flush=True)
-        front_proc = start_front() if with_front else None
-        restarts = 0
-        while True:
-            triton_proc = Process(cmd, triton.environment(server), log_path, args.verbose)
-            if not wait_ready(triton_proc.proc, lambda: health.ready_status(triton_url) == 200, args.ready_timeout, stop):
-                if stop.is_set():  # asked to stop while Triton was still starting
-                    return _stop(front_proc, triton_proc, args.drain_timeout)
-                reason = "exited" if triton_proc.proc.poll() is not None else f"was not ready after {args.ready_timeout:.0f} s"
-                triton_proc.reap()
-                _print_errors(f"alexnet-serve: Triton {reason}; its errors:", triton_proc, log_path, bool(args.log_file))
-                return 1
-            if restarts == 0:
-                # What the model chose (runtime, precision and the measurement behind it), in its own words.
-                for choice in triton.model_choices(log_path.read_text(errors="replace") if log_path.is_file() else ""):
-                    print(f"alexnet-serve: {choice}", flush=True)
-                scheme = "https" if guard.tls else "http"
-                print(f"alexnet-serve: ready. HTTP {scheme}://{args.host}:{args.http_port}  gRPC {args.host}:{args.grpc_port}  "
-                      f"metrics {scheme}://{args.host}:{args.metrics_port}/metrics  (Ctrl-C stops)", flush=True)  # fmt: skip
-                where = f"on loopback only (HTTP {inner.http}, gRPC {inner.grpc}, metrics {inner.metrics})" if with_front else "on the ports above"
-                print(f"alexnet-serve: Triton itself listens {where}; its admin APIs ({', '.join(triton.ADMIN_APIS)}) need the admin key", flush=True)
-            else:
-                print(f"alexnet-serve: ready again after restart {restarts} of {args.max_restarts}", flush=True)
-            while True:
-                outcome = _watch(triton_proc, front_proc, stop, (triton_url, public_url), guard.tls is not None, args)
-                if outcome == "stop":
-                    return _stop(front_proc, triton_proc, args.drain_timeout)
-                who = outcome.split()[0]
-                process, path = (front_proc, front_log) if who == "front" else (triton_proc, log_path)
-                if outcome.endswith("exited"):
-                    _print_errors(f"alexnet-serve: {'the front (nginx)' if who == 'front' else 'Triton'} exited unexpectedly with code "
-                                  f"{process.proc.returncode}; last errors:", process, path, False)  # fmt: skip
-                else:
-                    print(f"alexnet-serve: {outcome}", file=sys.stderr)
-                process.reap()
-                if restarts >= args.max_restarts:
-                    print(f"alexnet-serve: giving up after {restarts} restart(s); exiting for a supervisor to restart", file=sys.stderr)
-                    return 1
-                restarts += 1
-                print(f"alexnet-serve: restarting {'the front' if who == 'front' else 'Triton'} ({restarts} of {args.max_restarts})", file=sys.stderr, flush=True)
-                if who == "triton":
-                    break
-                front_proc = start_front()
-                print(f"alexnet-serve: the front is back after restart {restarts} of {args.max_restarts}", flush=True)
-    except _Failed:
-        return 1
+            signal.signal(sig, lambda signum, frame: stop.set())
+        say(f"starting Triton ({server.source}) on {repository}, alexnet config '{config}' ({why}); {_front_words(args, guard)}")
+        supervisor = Supervisor(children, stop, health_interval=args.health_interval, health_failures=args.health_failures,
+                                max_restarts=args.max_restarts, drain_s=args.drain_timeout, show_log_paths=bool(args.log_file))  # fmt: skip
+        return supervisor.run(on_ready=lambda: _say_ready(args, guard, inner, children[-1].log))
     finally:
-        for process in (front_proc, triton_proc):
-            if process is not None:
-                process.reap()
+        if supervisor is not None:
+            supervisor.reap()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-class _Failed(Exception):
-    """A child could not start; what went wrong is already printed."""
+def _children(args: argparse.Namespace, server: triton.Triton, repository: Path, config: str, guard: Exposure, workdir: Path) -> tuple[list[Child], front.Ports]:
+    """The front (with ``--front nginx``) and Triton, in start order, and Triton's own ports."""
+    public = front.Ports(args.http_port, args.grpc_port, args.metrics_port)
+    with_front = args.front == "nginx"
+    inner = front.Ports(*(args.triton_ports or _free_ports(3, (public.http, public.grpc, public.metrics)))) if with_front else public
+    triton_host = "127.0.0.1" if with_front else args.host
+    log_path = args.log_file or workdir / "tritonserver.log"
+    cmd = triton.command(server, repository, CONFIGS[config].model_config_name, (inner.http, inner.grpc, inner.metrics),
+                         guard.admin_key, f"alexnet_{secrets.token_hex(8)}_", exit_timeout=max(1, round(args.drain_timeout)),
+                         address=triton_host)  # fmt: skip
+    triton_url = f"{front.probe_host(triton_host)}:{inner.http}"
+    public_url = f"{front.probe_host(args.host)}:{args.http_port}"
+    children = [Child("triton", "Triton", start=lambda: Process(cmd, triton.environment(server), log_path, args.verbose),
+                      ready=lambda: health.ready_status(triton_url) == 200, problem=lambda: health.check(triton_url), log=log_path,
+                      ready_timeout=args.ready_timeout)]  # fmt: skip
+    if with_front:
+        try:
+            nginx = front.find_nginx()
+            conf = front.write_config(workdir / "front", args.host, public, inner, guard.token, guard.tls, args.drain_timeout)
+        except front.FrontError as exc:
+            raise ServeError(str(exc)) from None
+        front_log = log_path.with_name(f"{log_path.stem}.front.log")
+        tls = guard.tls is not None
+
+        def front_problem() -> str | None:
+            # The front answers 503 while Triton is not ready: that is Triton's problem, checked on its own.
+            status = health.ready_status(public_url, tls, timeout=10)
+            return None if status == 200 or (status == 503 and health.ready_status(triton_url) != 200) else f"its readiness answer was {status or 'nothing'}"
+
+        children.insert(0, Child("front", "the front (nginx)", start=lambda: Process(front.command(nginx, conf), dict(os.environ), front_log, args.verbose),
+                                 ready=lambda: health.ready_status(public_url, tls) is not None, problem=front_problem, log=front_log,
+                                 ready_timeout=FRONT_READY_TIMEOUT_S, stop_signal=signal.SIGQUIT))  # fmt: skip
+    return children, inner
 
 
-def _stop(front_proc: Process | None, triton_proc: Process, drain: float) -> int:
-    """The front first (no new requests; those in flight are answered), then Triton."""
-    front_code = front_proc.stop(drain, signal.SIGQUIT) if front_proc is not None else 0
-    code = triton_proc.stop(drain)
-    if front_code != 0:
-        print(f"alexnet-serve: the front (nginx) exited with code {front_code} on stop", file=sys.stderr)
-    print(f"alexnet-serve: stopped (Triton exit code {code})", flush=True)
-    return 0 if code == 0 and front_code == 0 else 1
+def _front_words(args: argparse.Namespace, guard: Exposure) -> str:
+    if args.front != "nginx":
+        return "no front"
+    auth = "bearer token required" if guard.token else "no token"
+    client_certs = ", client certificates" if guard.tls and guard.tls.client_ca else ""
+    return f"front: nginx, {'TLS' if guard.tls else 'plain text'}{client_certs}, {auth}"
+
+
+def _say_ready(args: argparse.Namespace, guard: Exposure, inner: front.Ports, triton_log: Path) -> None:
+    """What the model chose (runtime, precision and the measurement behind it), in its own words, and where to reach it."""
+    for choice in triton.model_choices(triton_log.read_text(errors="replace") if triton_log.is_file() else ""):
+        say(choice)
+    scheme = "https" if guard.tls else "http"
+    say(f"ready. HTTP {scheme}://{args.host}:{args.http_port}  gRPC {args.host}:{args.grpc_port}  "
+        f"metrics {scheme}://{args.host}:{args.metrics_port}/metrics  (Ctrl-C stops)")  # fmt: skip
+    where = f"on loopback only (HTTP {inner.http}, gRPC {inner.grpc}, metrics {inner.metrics})" if args.front == "nginx" else "on the ports above"
+    say(f"Triton itself listens {where}; its admin APIs ({', '.join(triton.ADMIN_APIS)}) need the admin key")
 
 
 def cli(argv: list[str] | None = None) -> int:

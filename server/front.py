@@ -165,24 +165,19 @@ def _grpc_status(code: int, message: str) -> str:
             f'add_header grpc-message "{message}" always; return 204;')  # fmt: skip
 
 
-def render(workdir: Path, host: str, public: Ports, triton: Ports, token: str | None, tls: Tls | None, drain_s: float, js_module: Path) -> str:
-    """nginx.conf for one alexnet-serve: public ports on ``host``, Triton's on loopback.
-
-    ``drain_s``: on a graceful stop (SIGQUIT), how long requests in flight get before nginx closes them;
-    ``js_module``: nginx's JavaScript module (``find_js_module``)."""
-    ssl_flag = " ssl" if tls else ""
-    too_large = f"request body larger than {MAX_REQUEST_BYTES} bytes (one image may be up to {MAX_IMAGE_BYTES} bytes)"
-    unavailable = "the model server is not available right now; retry"
-    auth = "if ($authorized = 0) { return 401; }"
-    # Where a route answers, the server's error pages but 400: Triton's 400s name the problem with
-    # the request (a bad image, a wrong shape) and pass as they are; nginx's own 400s (a request
-    # line or header it cannot read) get the server's one JSON line.
-    answers = """error_page 401 = @unauthenticated;
+# What every route shares (rendered into the servers below).
+_TOO_LARGE = f"request body larger than {MAX_REQUEST_BYTES} bytes (one image may be up to {MAX_IMAGE_BYTES} bytes)"
+_UNAVAILABLE = "the model server is not available right now; retry"
+_AUTH = "if ($authorized = 0) { return 401; }"
+# Where a route answers, the server's error pages but 400: Triton's 400s name the problem with
+# the request (a bad image, a wrong shape) and pass as they are; nginx's own 400s (a request
+# line or header it cannot read) get the server's one JSON line.
+_ANSWERS = """error_page 401 = @unauthenticated;
             error_page 413 = @too_large;
             error_page 429 = @too_many;
             error_page 500 = @internal;
             error_page 502 503 504 = @unavailable;"""
-    proxy = f"""{answers}
+_PROXY = f"""{_ANSWERS}
             proxy_pass http://triton_http;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -191,30 +186,18 @@ def render(workdir: Path, host: str, public: Ports, triton: Ports, token: str | 
             proxy_set_header Content-Encoding "";
             proxy_set_header Accept-Encoding "";
             proxy_intercept_errors on;"""
-    grpc = """grpc_pass grpc://triton_grpc;
+_GRPC = """grpc_pass grpc://triton_grpc;
             grpc_set_header Authorization "";
             grpc_set_header admin-key "";
             grpc_set_header grpc-encoding "";"""
-    http_routes = "\n".join(
-        f"""        location ~ "{pattern}" {{
-            {auth if pattern in HTTP_ROUTES else ""}
-            {proxy}
-        }}"""
-        for pattern in (*HTTP_OPEN, *HTTP_ROUTES)
-    )
-    # Inference: the body in a file (read only as far as its JSON), checked, then proxied as it came.
-    http_routes += f"""
-        location ~ "{HTTP_INFER}" {{
-            {answers}
-            {auth}
-            client_body_in_file_only clean;
-            js_content infer_check.infer;
-        }}
-        location /_triton/ {{
-            internal;
-            rewrite "^/_triton(/.*)$" $1 break;
-            {proxy}
-        }}"""
+
+
+def render(workdir: Path, host: str, public: Ports, triton: Ports, token: str | None, tls: Tls | None, drain_s: float, js_module: Path) -> str:
+    """nginx.conf for one alexnet-serve: public ports on ``host``, Triton's on loopback.
+
+    ``drain_s``: on a graceful stop (SIGQUIT), how long requests in flight get before nginx closes them;
+    ``js_module``: nginx's JavaScript module (``find_js_module``)."""
+    servers = _http_server(_listen(host, public.http), tls) + _grpc_server(_listen(host, public.grpc), tls) + _metrics_server(_listen(host, public.metrics), tls)
     return f"""# Written by alexnet-serve for this start only (server/front.py); not for editing.
 load_module "{js_module}";
 daemon off;
@@ -279,8 +262,35 @@ http {{
     upstream triton_grpc {{ server 127.0.0.1:{triton.grpc}; keepalive 32; }}
     upstream triton_metrics {{ server 127.0.0.1:{triton.metrics}; }}
 
-    server {{
-        listen {_listen(host, public.http)}{ssl_flag};
+{servers}}}
+"""
+
+
+def _http_server(listen: str, tls: Tls | None) -> str:
+    """The HTTP/REST server: the routes, the token, the inference check, every answer as one JSON line."""
+    ssl_flag = " ssl" if tls else ""
+    http_routes = "\n".join(
+        f"""        location ~ "{pattern}" {{
+            {_AUTH if pattern in HTTP_ROUTES else ""}
+            {_PROXY}
+        }}"""
+        for pattern in (*HTTP_OPEN, *HTTP_ROUTES)
+    )
+    # Inference: the body in a file (read only as far as its JSON), checked, then proxied as it came.
+    http_routes += f"""
+        location ~ "{HTTP_INFER}" {{
+            {_ANSWERS}
+            {_AUTH}
+            client_body_in_file_only clean;
+            js_content infer_check.infer;
+        }}
+        location /_triton/ {{
+            internal;
+            rewrite "^/_triton(/.*)$" $1 break;
+            {_PROXY}
+        }}"""
+    return f"""    server {{
+        listen {listen}{ssl_flag};
         {_tls_lines(tls)}
         if ($plain_path = 0) {{ {_json(404, "not found")} }}
         if ($encoded_body) {{ {_json(415, "compressed request bodies are not accepted: send the body without Content-Encoding")} }}
@@ -294,16 +304,22 @@ http {{
         error_page 505 =505 /_malformed;
         location = /_malformed {{ internal; {_json(400, "malformed request: its request line or headers cannot be read (headers: at most 16 KiB a line)")} }}
         location @unauthenticated {{ add_header WWW-Authenticate "Bearer" always; {_json(401, "unauthenticated: missing or wrong bearer token")} }}
-        location @too_large {{ {_json(413, too_large)} }}
+        location @too_large {{ {_json(413, _TOO_LARGE)} }}
         location @too_many {{ {_json(429, "too many connections from this address; retry")} }}
         location @internal {{ {_json(500, "the model server could not process this request: a malformed request body, or a fault of its own (its log has the details)")} }}
-        location @unavailable {{ {_json(503, unavailable)} }}
+        location @unavailable {{ {_json(503, _UNAVAILABLE)} }}
 {http_routes}
         location / {{ {_json(404, "not found")} }}
     }}
 
-    server {{
-        listen {_listen(host, public.grpc)}{ssl_flag} http2;
+"""
+
+
+def _grpc_server(listen: str, tls: Tls | None) -> str:
+    """The gRPC server: the methods, the token, the inference check, every refusal as a gRPC status."""
+    ssl_flag = " ssl" if tls else ""
+    return f"""    server {{
+        listen {listen}{ssl_flag} http2;
         {_tls_lines(tls)}
         error_page 415 = @compressed;
         if ($encoded_message) {{ return 415; }}
@@ -315,18 +331,18 @@ http {{
         location @unauthenticated {{ {_grpc_status(16, "missing or wrong bearer token")} }}
         location @unimplemented {{ {_grpc_status(12, "not a method this server offers")} }}
         location @compressed {{ add_header grpc-accept-encoding identity always; {_grpc_status(12, "compressed messages are not accepted: send them uncompressed (grpc-encoding identity)")} }}
-        location @too_large {{ {_grpc_status(8, too_large)} }}
+        location @too_large {{ {_grpc_status(8, _TOO_LARGE)} }}
         location @too_many {{ {_grpc_status(14, "too many connections from this address; retry")} }}
-        location @unavailable {{ {_grpc_status(14, unavailable)} }}
+        location @unavailable {{ {_grpc_status(14, _UNAVAILABLE)} }}
         location ~ "^/({GRPC_SERVICE.replace(".", "[.]")}/({"|".join(GRPC_OPEN)})|grpc[.]health[.]v1[.]Health/Check)$" {{
-            {grpc}
+            {_GRPC}
         }}
         location ~ "^/{GRPC_SERVICE.replace(".", "[.]")}/({"|".join(GRPC_ROUTES)})$" {{
-            {auth}
-            {grpc}
+            {_AUTH}
+            {_GRPC}
         }}
         location = /{GRPC_SERVICE}/{GRPC_INFER} {{
-            {auth}
+            {_AUTH}
             client_body_in_file_only clean;
             js_content infer_check.grpcInfer;
             add_trailer grpc-status $grpc_status_out;
@@ -334,26 +350,31 @@ http {{
         location /_triton_grpc/ {{
             internal;
             rewrite "^/_triton_grpc(/.*)$" $1 break;
-            {grpc}
+            {_GRPC}
         }}
         location / {{ return 404; }}
     }}
 
-    server {{
-        listen {_listen(host, public.metrics)}{ssl_flag};
+"""
+
+
+def _metrics_server(listen: str, tls: Tls | None) -> str:
+    """The metrics server: /metrics behind the token."""
+    ssl_flag = " ssl" if tls else ""
+    return f"""    server {{
+        listen {listen}{ssl_flag};
         {_tls_lines(tls)}
         error_page 401 = @unauthenticated;
         error_page 502 503 504 = @unavailable;
         location @unauthenticated {{ add_header WWW-Authenticate "Bearer" always; {_json(401, "unauthenticated: missing or wrong bearer token")} }}
-        location @unavailable {{ {_json(503, unavailable)} }}
+        location @unavailable {{ {_json(503, _UNAVAILABLE)} }}
         location = /metrics {{
-            {auth}
+            {_AUTH}
             proxy_pass http://triton_metrics;
             proxy_set_header Authorization "";
         }}
         location / {{ {_json(404, "not found")} }}
     }}
-}}
 """
 
 

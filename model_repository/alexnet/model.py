@@ -26,7 +26,7 @@ import triton_python_backend_utils as pb_utils
 
 from alexnet_server import contract
 from alexnet_server import imaging
-from alexnet_server.runtime import RecordError, RuntimeUnavailable, ServedConfig, Version
+from alexnet_server.runtime import ChoiceError, RecordError, RuntimeUnavailable, ServedConfig, Version
 from alexnet_server.runtime.model_config import ConfigError
 
 SHAPE = (3, imaging.SIZE, imaging.SIZE)  # the config's dims say the same, and Triton checks them first
@@ -46,7 +46,7 @@ class TritonPythonModel:
             # when export's timings come from another kind of CPU.
             version = Version(Path(args["model_repository"]) / args["model_version"])
             self.runtime = config.open(version, device=f"cuda:{args['model_instance_device_id']}" if gpu else "auto")
-        except (RuntimeUnavailable, RecordError, FileNotFoundError, ValueError) as exc:
+        except (RuntimeUnavailable, RecordError, ChoiceError, FileNotFoundError) as exc:
             raise pb_utils.TritonModelException(f"alexnet ({config.runtime}): {exc}") from None
         note = f"; precision {self.runtime.why}" if self.runtime.why else ""
         pb_utils.Logger.log_info(f"{args['model_instance_name']}: {self.runtime.describe()}{note}")
