@@ -12,7 +12,7 @@ when a model is opened, so ``import runtime`` needs neither NumPy nor PyTorch.
 """
 
 from alexnet_server.runtime.engines import ChoiceError, Runtime, RuntimeUnavailable
-from alexnet_server.runtime.served import ServedConfig, served_configs
+from alexnet_server.runtime.served import TUNED, ServedConfig, served_configs, tuned_record
 from alexnet_server.runtime.version import FILES, ExportRecord, RecordError, Version
 
-__all__ = ["ChoiceError", "FILES", "ExportRecord", "RecordError", "Runtime", "RuntimeUnavailable", "ServedConfig", "Version", "served_configs"]
+__all__ = ["ChoiceError", "FILES", "ExportRecord", "RecordError", "Runtime", "RuntimeUnavailable", "ServedConfig", "TUNED", "Version", "served_configs", "tuned_record"]

@@ -66,3 +66,16 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
 def parameters(config: dict[str, Any]) -> dict[str, str]:
     """The config's ``parameters`` as plain strings (Triton's ``{key: {string_value: v}}``)."""
     return {key: value.get("string_value", "") for key, value in (config.get("parameters") or {}).items()}
+
+
+def to_pbtxt(config: dict[str, Any], header: str = "") -> str:
+    """Triton's JSON model config back as a pbtxt (protobuf text format), with ``header`` as
+    leading comment lines.  Raises ConfigError for a dict the schema does not accept."""
+    from google.protobuf import json_format, text_format
+
+    try:
+        message = json_format.ParseDict(config, _schema().ModelConfig())
+    except json_format.ParseError as exc:
+        raise ConfigError(f"not a Triton model config: {exc}") from None
+    comments = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
+    return comments + text_format.MessageToString(message)

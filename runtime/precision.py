@@ -1,4 +1,4 @@
-"""Which CPU precision serves a version: the fastest measured on this CPU among those export's gates passed.
+"""Which CPU runtime and precision serve a version: the fastest measured on this CPU among those export's gates passed.
 
 DESIGN.md promises the fastest measured CPU runtime for the CPU it runs on.  Export times
 every gated precision in OpenVINO right after building the files and records the figures
@@ -26,14 +26,28 @@ TIMING_SECONDS = 1.5  # per precision, after a warm-up run: enough to tell 1.2x 
 WHOLE_BATCH_TIMING_IMAGES = 8
 
 
+def key(runtime: str, precision: str) -> str:
+    """A candidate's name in timings and reasons: ``openvino:int8``."""
+    return f"{runtime}:{precision}"
+
+
+def precision_of(candidate: str) -> str:
+    """``openvino:int8`` -> ``int8``; a bare precision (export records before the runtime was a
+    candidate: OpenVINO's) is itself."""
+    return candidate.rpartition(":")[2]
+
+
 def flag_order(cpu_flags: Iterable[str], allowed: Iterable[str]) -> list[str]:
-    """The gated precisions, the one the CPU's units favour first: int8 where it has an integer
-    matrix unit, else bf16 where it computes bf16 natively, else f32 (no unit for either: at
-    equal speed the exact precision); then the rest (int8, bf16, f32)."""
-    flags, allowed = set(cpu_flags), set(allowed)
-    first = ("int8" if "int8" in allowed and flags & set(INT8_FLAGS) else
-             "bf16" if "bf16" in allowed and flags & set(BF16_FLAGS) else "f32" if "f32" in allowed else None)  # fmt: skip
-    return ([first] if first else []) + [p for p in ("int8", "bf16", "f32") if p in allowed and p != first]
+    """The candidates (``runtime:precision``, or bare precisions), those in the precision the
+    CPU's units favour first: int8 where it has an integer matrix unit, else bf16 where it
+    computes bf16 natively, else f32 (no unit for either: at equal speed the exact precision);
+    then the rest (int8, bf16, f32); within a precision, in the order given."""
+    flags, allowed = set(cpu_flags), list(dict.fromkeys(allowed))
+    precisions = {precision_of(c) for c in allowed}
+    first = ("int8" if "int8" in precisions and flags & set(INT8_FLAGS) else
+             "bf16" if "bf16" in precisions and flags & set(BF16_FLAGS) else "f32" if "f32" in precisions else None)  # fmt: skip
+    ranks = [first] + [p for p in ("int8", "bf16", "f32") if p != first]
+    return sorted(allowed, key=lambda c: (ranks.index(precision_of(c)) if precision_of(c) in ranks else len(ranks), allowed.index(c)))
 
 
 def time_precisions(open_runtime: Callable[[str], Callable], precisions: Iterable[str], images_per_run: int,
@@ -64,16 +78,17 @@ def same_cpu(a: dict | None, b: dict | None) -> bool:
 
 
 def choose(allowed: Iterable[str], recorded: dict | None, here: dict, measure: Callable[[list[str]], dict[str, float]]) -> tuple[str, str]:
-    """(precision, why): the fastest measured on this CPU among the gated ``allowed``.
+    """(candidate, why): the fastest measured on this CPU among ``allowed`` (``runtime:precision``
+    pairs, or bare precisions of one runtime).
 
     ``recorded`` is export's timing record ({"cpu": cpu.describe(), "images_per_s": {...}}); it
     is used when it was taken on this kind of CPU (``here``) and covers every candidate, else
-    ``measure(candidates)`` times them now."""
+    ``measure(candidates)`` times them now.  A record's bare precisions are OpenVINO's."""
     order = flag_order([f for f, on in here.get("flags", {}).items() if on], allowed)
     if len(order) == 1:
-        return order[0], f"{order[0]}: the only precision export's gates passed"
+        return order[0], f"{order[0]}: the only candidate export's gates passed"
     recorded = recorded or {}
-    rates = recorded.get("images_per_s") or {}
+    rates = {(k if ":" in k or ":" not in order[0] else key("openvino", k)): v for k, v in (recorded.get("images_per_s") or {}).items()}
     if same_cpu(recorded.get("cpu"), here) and all(p in rates for p in order):
         source = "measured at export on this CPU"
     else:

@@ -25,6 +25,10 @@ from alexnet_server.runtime.version import EXPORT_FLAGS, FILES, Version, file_fo
 _PLATFORM_BACKENDS = {"tensorrt_plan": "tensorrt", "onnxruntime_onnx": "onnxruntime"}
 # The parameters the python model (model_repository/alexnet/model.py) reads; any other is a typo.
 PARAMETERS = ("runtime", "precision", "threads", "streams", "max_images_per_run")
+# alexnet-tune's config in a served repository (configs/tuned.pbtxt beside preprocess's), and its
+# record: the machine it was measured on, the config it was tuned from, the version, the figures.
+TUNED = "tuned"
+TUNED_RECORD = "tuned.json"
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class ServedConfig:
     name: str
     model_config_name: str | None  # Triton's --model-config-name; None: the default config.pbtxt
     backend: str  # python | onnxruntime | tensorrt
-    runtime: str  # the python model's "runtime" parameter, else the backend
+    runtime: str  # the python model's "runtime" parameter (auto: the CPU runtime measured fastest), else the backend
     precision: str = "auto"  # auto | f32 | bf16 | int8 (CPU); auto | f32 | bf16 | fp16 (pytorch)
     threads: int = 0  # inference threads per instance; 0: the cores split evenly among the instances
     streams: int = 1  # OpenVINO streams: a run's images split across this many parallel requests
@@ -78,11 +82,11 @@ class ServedConfig:
         ``Version.open`` raises."""
         threads = self.threads_here(cores)
         return version.open(self.runtime, self.precision, threads=threads, streams=self.streams, max_images_per_run=self.max_images_per_run,
-                            device=device, measure=lambda candidates: self.time_precisions(version, candidates, cores))  # fmt: skip
+                            device=device, measure=lambda candidates: self.time_candidates(version, candidates, cores))  # fmt: skip
 
-    def time_precisions(self, version: Version, candidates: list[str], cores: int | None = None) -> dict[str, float]:
-        """{precision: images/s} of OpenVINO here, each precision run as this config runs it."""
-        return version.time_cpu_precisions(candidates, self.threads_here(cores), self.streams, self.timing_images())
+    def time_candidates(self, version: Version, candidates: list[str], cores: int | None = None) -> dict[str, float]:
+        """{``runtime:precision``: images/s} here, each candidate run as this config runs it."""
+        return version.time_cpu_candidates(candidates, self.threads_here(cores), self.streams, self.timing_images())
 
     def timing_images(self) -> int:
         """Images per timed run: the runs this config makes (its images per run, else a full batch)."""
@@ -113,3 +117,14 @@ def served_configs(repository: str | os.PathLike = layout.TEMPLATE, model: str =
             found[config.name] = config
     return found
 
+
+def tuned_record(repository: str | os.PathLike) -> dict | None:
+    """alexnet-tune's record beside the tuned config (None where there is none or it cannot be read)."""
+    import json
+
+    path = Path(repository) / MODEL / "configs" / TUNED_RECORD
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None

@@ -37,6 +37,7 @@ FILES = {"f32": "model.onnx", "int8": "model.int8.onnx", "torchscript": "model.p
 # What alexnet-export must be told to write each file (the others it always writes).
 EXPORT_FLAGS = {"int8": "--int8", "torchscript": "--formats onnx,torchscript", "plan": "--tensorrt --fp16"}
 RUNTIMES = ("openvino", "onnxruntime", "pytorch")  # the alexnet python model's; Triton's own backends run the rest
+CPU_RUNTIMES = ("openvino", "onnxruntime")  # what runtime "auto" chooses among, in this order where they tie
 
 
 class RecordError(ValueError):
@@ -115,11 +116,17 @@ class ExportRecord:
         return entry.get("skipped") or ("its gate failed" if entry else "export did not check it")
 
 
+def runs_here(runtime: str, wanted: str) -> bool:
+    """Whether ``runtime`` runs precision ``wanted`` on this CPU (bf16: OpenVINO, natively only)."""
+    return wanted in ("f32", "int8") or (wanted == "bf16" and runtime == "openvino" and cpu.has_native_bf16())
+
+
 def file_for(runtime: str, wanted: str) -> str:
-    """The file kind (a key of ``FILES``) that serves ``runtime`` in precision ``wanted``."""
+    """The file kind (a key of ``FILES``) that serves ``runtime`` in precision ``wanted``
+    (``auto``: a CPU runtime, chosen at load)."""
     if runtime == "pytorch":
         return "torchscript"
-    if runtime in ("openvino", "onnxruntime"):
+    if runtime in ("openvino", "onnxruntime", "auto"):
         return "int8" if wanted == "int8" else "f32"
     if runtime == "tensorrt":
         return "plan"
@@ -162,26 +169,37 @@ class Version:
 
     # --- which precision --------------------------------------------------------------------------
 
-    def cpu_precision(self, wanted: str = "auto", here: dict | None = None,
-                      measure: Callable[[list[str]], dict[str, float]] | None = None) -> tuple[str, str]:  # fmt: skip
-        """(precision, why) for the CPU runtimes.  ``auto``: the fastest measured on this CPU among
-        the gated precisions (``runtime.precision.choose``; ``measure`` defaults to timing them
-        here).  An explicit precision must be gated: RuntimeUnavailable names why it is not."""
+    def cpu_choice(self, runtime: str = "auto", wanted: str = "auto", here: dict | None = None,
+                   measure: Callable[[list[str]], dict[str, float]] | None = None) -> tuple[str, str, str]:  # fmt: skip
+        """(runtime, precision, why) for the CPU runtimes.  ``auto`` (either or both): the fastest
+        measured on this CPU among the candidates export's gates allowed -- OpenVINO in f32, bf16
+        (where the CPU computes it natively) and int8, ONNX Runtime in f32 and int8 -- by
+        ``runtime.precision.choose`` (``measure`` defaults to timing them here).  An explicit
+        precision must be gated: RuntimeUnavailable names why it is not."""
         allowed = self.record.allowed_precisions()
-        if wanted == "auto":
-            timings = (self.record.cpu_precisions or {}).get("timings")
-            return precision.choose(allowed, timings, here or cpu.describe(), measure or (lambda ps: self.time_cpu_precisions(ps, 0, 1, precision.WHOLE_BATCH_TIMING_IMAGES)))
-        if wanted not in allowed:
+        if wanted != "auto" and wanted not in allowed:
             raise RuntimeUnavailable(f"precision {wanted} is not served from {self.folder.name}: {self.record.refusal(wanted)} "
                                      f"(re-export on a machine that can check it{', with --int8' if wanted == 'int8' else ''})")  # fmt: skip
-        return wanted, "asked for"
+        candidates = [precision.key(rt, p) for rt in (CPU_RUNTIMES if runtime == "auto" else (runtime,)) for p in ("f32", "bf16", "int8")
+                      if p in allowed and (wanted in ("auto", p)) and runs_here(rt, p)]  # fmt: skip
+        if not candidates:
+            raise RuntimeUnavailable(f"{runtime} cannot run precision {wanted} on this CPU")
+        if len(candidates) == 1 and runtime != "auto" and wanted != "auto":
+            return runtime, wanted, "asked for"
+        timings = (self.record.cpu_precisions or {}).get("timings")
+        chosen, why = precision.choose(candidates, timings, here or cpu.describe(),
+                                       measure or (lambda cs: self.time_cpu_candidates(cs, 0, 1, precision.WHOLE_BATCH_TIMING_IMAGES)))  # fmt: skip
+        return chosen.partition(":")[0], precision.precision_of(chosen), why
 
-    def time_cpu_precisions(self, precisions: list[str], threads: int, streams: int, images_per_run: int) -> dict[str, float]:
-        """{precision: images/s} of OpenVINO on this CPU for each of ``precisions``, run with
-        ``threads`` and ``streams``, ``images_per_run`` at a time (no gate applied: export times
-        the candidates its gates just passed).  A served config's parameters: ServedConfig.time_precisions."""
-        opener = lambda p: self.open("openvino", p, threads=threads, streams=streams, max_images_per_run=images_per_run, gated=False)  # noqa: E731
-        return precision.time_precisions(opener, precisions, images_per_run)
+    def time_cpu_candidates(self, candidates: list[str], threads: int, streams: int, images_per_run: int) -> dict[str, float]:
+        """{``runtime:precision``: images/s} on this CPU for each candidate, run with ``threads`` and
+        ``streams``, ``images_per_run`` at a time (no gate applied: export times the candidates its
+        gates just passed).  A served config's parameters: ServedConfig.time_candidates."""
+        def opener(candidate: str):
+            rt, _, p = candidate.partition(":")
+            return self.open(rt, p, threads=threads, streams=streams, max_images_per_run=images_per_run, gated=False)
+
+        return precision.time_precisions(opener, candidates, images_per_run)
 
     # --- a runnable model -------------------------------------------------------------------------
 
@@ -189,9 +207,10 @@ class Version:
              device: str = "auto", gated: bool = True, measure: Callable[[list[str]], dict[str, float]] | None = None) -> Runtime:  # fmt: skip
         """The classifier (IMAGE uint8 [N,3,256,256] -> PROBS float32 [N,C]) in ``runtime``:
 
-        - ``openvino``: ``wanted`` auto (the fastest measured here, see ``cpu_precision``), f32,
+        - ``auto``: OpenVINO or ONNX Runtime, whichever runs fastest here (``cpu_choice``);
+        - ``openvino``: ``wanted`` auto (the fastest measured here, see ``cpu_choice``), f32,
           bf16 or int8, each only where export's gates allowed it (``gated``);
-        - ``onnxruntime``: f32 (auto) or int8, the same gates;
+        - ``onnxruntime``: auto, f32 or int8, the same gates;
         - ``pytorch``: model.pt on ``device`` (auto: CUDA where visible), ``wanted`` auto (bf16
           autocast on CUDA, f32 on the CPU), f32, bf16 or fp16.
 
@@ -203,18 +222,16 @@ class Version:
         RuntimeUnavailable (package, device or gate), FileNotFoundError (file missing),
         RecordError (export.json), ChoiceError (unknown runtime or precision)."""
         why = ""
+        if runtime in ("auto", "openvino", "onnxruntime") and gated:
+            runtime, wanted, why = self.cpu_choice(runtime, wanted, measure=measure or (
+                lambda cs: self.time_cpu_candidates(cs, threads, streams, max_images_per_run or precision.WHOLE_BATCH_TIMING_IMAGES)))  # fmt: skip
         if runtime == "openvino":
-            if gated:
-                wanted, why = self.cpu_precision(
-                    wanted, measure=measure or (lambda ps: self.time_cpu_precisions(ps, threads, streams, max_images_per_run or precision.WHOLE_BATCH_TIMING_IMAGES)))
             wanted = "f32" if wanted == "auto" else wanted
             model = engines.openvino(self.file(file_for(runtime, wanted)), wanted, threads, streams, max_images_per_run)
         elif runtime == "onnxruntime":
             wanted = "f32" if wanted == "auto" else wanted
             if wanted not in ("f32", "int8"):
                 raise ChoiceError(f"ONNX Runtime runs f32 or int8 here, not {wanted!r}")
-            if gated:
-                wanted, why = self.cpu_precision(wanted)
             model = engines.onnxruntime(self.file(file_for(runtime, wanted)), threads, max_images_per_run, wanted)
         elif runtime == "pytorch":
             model = engines.pytorch(self.file("torchscript"), device, wanted, max_images_per_run)

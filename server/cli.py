@@ -31,6 +31,7 @@ from pathlib import Path
 from alexnet_server.contract import gpu, layout, security
 from alexnet_server.contract.cli import HelpFormatter
 from alexnet_server.server import front, health, triton
+from alexnet_server.runtime import ServedConfig
 from alexnet_server.server.config_choice import CONFIGS, check_repository, choose_config
 from alexnet_server.server.exposure import ADMIN_KEY_FILE_ENV, Exposure, exposure
 from alexnet_server.server.process import Process
@@ -58,9 +59,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--repository", type=Path, default=layout.default_repository(),
                         help=f"the served repository alexnet-export built (${layout.REPOSITORY_ENV} sets the default)")  # fmt: skip
-    parser.add_argument("--config", choices=("auto", *sorted(CONFIGS)), default="auto",
-                        help="alexnet's runtime: auto = tensorrt (a TensorRT backend and a plan built for this GPU), "
-                             "else pytorch (a GPU and model.pt), else cpu (OpenVINO, the fastest precision for this CPU)")  # fmt: skip
+    parser.add_argument("--config", default="auto", metavar="NAME",
+                        help=f"alexnet's config: auto = alexnet-tune's tuned config where it was measured on this machine, else "
+                             f"tensorrt (a TensorRT backend and a plan built for this GPU), else pytorch (a GPU and model.pt), else cpu "
+                             f"(the runtime and precision measured fastest on this CPU); or one by name: {', '.join(sorted(CONFIGS))}, tuned")  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1",
                         help="address the front listens on (loopback by default; beyond loopback a token and TLS are required, or --insecure)")  # fmt: skip
     parser.add_argument("--http-port", type=int, default=8000, help="the front's HTTP/REST port")
@@ -130,12 +132,14 @@ def serve(args: argparse.Namespace) -> int:
     supervisor: Supervisor | None = None
     try:
         server = triton.prepare_wheel_backends(server, workdir)
-        config, why = choose_config(args.config, repository, triton.backends(server), gpu.visible_gpus(), gpu.libnvinfer_version())
-        check_repository(repository, config)
-        children, inner = _children(args, server, repository, config, guard, workdir)
+        choice = choose_config(args.config, repository, triton.backends(server), gpu.visible_gpus(), gpu.libnvinfer_version())
+        if choice.warning:
+            say(f"WARNING: {choice.warning}", error=True)
+        check_repository(repository, choice.config)
+        children, inner = _children(args, server, repository, choice.config, guard, workdir)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda signum, frame: stop.set())
-        say(f"starting Triton ({server.source}) on {repository}, alexnet config '{config}' ({why}); {_front_words(args, guard)}")
+        say(f"starting Triton ({server.source}) on {repository}, alexnet config '{choice.config.name}' ({choice.why}); {_front_words(args, guard)}")
         supervisor = Supervisor(children, stop, health_interval=args.health_interval, health_failures=args.health_failures,
                                 max_restarts=args.max_restarts, drain_s=args.drain_timeout, show_log_paths=bool(args.log_file))  # fmt: skip
         return supervisor.run(on_ready=lambda: _say_ready(args, guard, inner, children[-1].log))
@@ -145,14 +149,14 @@ def serve(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _children(args: argparse.Namespace, server: triton.Triton, repository: Path, config: str, guard: Exposure, workdir: Path) -> tuple[list[Child], front.Ports]:
+def _children(args: argparse.Namespace, server: triton.Triton, repository: Path, config: ServedConfig, guard: Exposure, workdir: Path) -> tuple[list[Child], front.Ports]:
     """The front (with ``--front nginx``) and Triton, in start order, and Triton's own ports."""
     public = front.Ports(args.http_port, args.grpc_port, args.metrics_port)
     with_front = args.front == "nginx"
     inner = front.Ports(*(args.triton_ports or _free_ports(3, (public.http, public.grpc, public.metrics)))) if with_front else public
     triton_host = "127.0.0.1" if with_front else args.host
     log_path = args.log_file or workdir / "tritonserver.log"
-    cmd = triton.command(server, repository, CONFIGS[config].model_config_name, (inner.http, inner.grpc, inner.metrics),
+    cmd = triton.command(server, repository, config.model_config_name, (inner.http, inner.grpc, inner.metrics),
                          guard.admin_key, f"alexnet_{secrets.token_hex(8)}_", exit_timeout=max(1, round(args.drain_timeout)),
                          address=triton_host)  # fmt: skip
     triton_url = f"{front.probe_host(triton_host)}:{inner.http}"

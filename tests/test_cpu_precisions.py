@@ -210,7 +210,7 @@ def _write_record(folder: Path, **sections) -> Version:
 def test_a_precision_the_gate_did_not_pass_is_refused(tmp_path):
     version = _write_record(tmp_path, cpu_precisions={"bf16": {"skipped": "this CPU has neither AMX nor AVX512-BF16"}})
     with pytest.raises(RuntimeUnavailable, match="bf16 is not served .* neither AMX"):
-        version.cpu_precision("bf16")
+        version.cpu_choice("openvino", "bf16")
     with pytest.raises(RuntimeUnavailable, match="int8 is not served .* export did not check it"):
         version.open("onnxruntime", "int8")
 
@@ -273,8 +273,21 @@ def test_missing_timings_are_measured():
 def test_only_f32_gated_needs_no_timing(tmp_path):
     version = _write_record(tmp_path, cpu_precisions={"int8": {"passed": False}})
     timer = Timer({})
-    assert version.cpu_precision("auto", SAPPHIRE, timer) == ("f32", "f32: the only precision export's gates passed")
+    assert version.cpu_choice("openvino", "auto", SAPPHIRE, timer) == ("openvino", "f32", "openvino:f32: the only candidate export's gates passed")
     assert timer.asked == []
+
+
+def test_the_runtime_is_chosen_by_measurement_too(tmp_path):
+    """runtime auto (the cpu config): OpenVINO and ONNX Runtime in every gated precision, the
+    fastest measured wins -- on an AVX2 CPU ONNX Runtime's f32 beat OpenVINO's (issue "alexnet-tune")."""
+    version = _write_record(tmp_path, cpu_precisions={"int8": {"passed": True}})
+    timer = Timer({"openvino:f32": 6.1, "onnxruntime:f32": 8.7, "openvino:int8": 8.0, "onnxruntime:int8": 5.0})
+    runtime, precision, why = version.cpu_choice("auto", "auto", ZEN2, timer)
+    assert (runtime, precision) == ("onnxruntime", "f32") and timer.asked == [sorted(timer.rates)], why
+    assert why.startswith("onnxruntime:f32: fastest measured at start (export recorded no timings)"), why
+    # An old record's bare precisions are OpenVINO's: still read, and the rest timed.
+    old = {"cpu": ZEN2, "images_per_s": {"f32": 6.1, "int8": 8.0}}
+    assert policy.choose(["openvino:f32", "openvino:int8"], old, ZEN2, Timer({}))[0] == "openvino:int8"
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="scripts/emulate_avx2 needs root and unshare")
@@ -306,7 +319,7 @@ def test_the_avx2_emulation_shows_an_avx2_only_cpu_of_another_kind():
 # --- every CPU config through the real Triton -----------------------------------------------------------
 
 CPU_CONFIGS = {  # config -> (runtime, precision) it must run
-    "cpu": ("openvino", "auto"),
+    "cpu": ("auto", "auto"),
     "cpu-f32": ("openvino", "f32"),
     "cpu-bf16": ("openvino", "bf16"),
     "cpu-int8": ("openvino", "int8"),
@@ -330,11 +343,8 @@ def test_each_cpu_config_served_equals_its_in_process_run(int8_export, tmp_path,
         pytest.skip("bf16 needs AMX or AVX512-BF16; this CPU has neither (alexnet-serve refuses the config here)")
     version = repo / "alexnet" / "1"
     runtime, precision = CPU_CONFIGS[config]
-    if runtime == "openvino":
-        precision, _ = Version(version).cpu_precision(precision)
-        local = Version(version).open("openvino", precision, max_images_per_run=4)
-    else:
-        local = Version(version).open("onnxruntime", "f32", max_images_per_run=4)
+    runtime, precision, _ = Version(version).cpu_choice(runtime, precision)
+    local = Version(version).open(runtime, precision, max_images_per_run=4)
     batch = check.photo_batch(imaging.sample_photographs(), 6)
     server = serving.start(repo, tmp_path / "triton.log", config=config)
     try:
@@ -350,7 +360,7 @@ def test_each_cpu_config_served_equals_its_in_process_run(int8_export, tmp_path,
     said = (tmp_path / "triton.out").read_text()
     assert re.search(rf"alexnet-serve: alexnet_0_0: {runtime} {precision} on CPU", said), f"alexnet-serve says what runs:\n{said[-2000:]}"
     if config == "cpu":
-        assert re.search(rf"precision {precision}: fastest measured at export on this CPU, images/s: {precision} ", said), said[-2000:]
+        assert re.search(rf"precision {runtime}:{precision}: fastest measured at export on this CPU, images/s: {runtime}:{precision} ", said), said[-2000:]
     np.testing.assert_allclose(served, local(batch), atol=SAME_RUNTIME, err_msg=f"{config}: served != in-process")
     reference = Version(version).open("onnxruntime", "f32")(batch)
     assert np.abs(served - reference).max() <= AGAINST_FP32[precision], (config, np.abs(served - reference).max())

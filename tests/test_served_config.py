@@ -37,7 +37,7 @@ def test_threads_and_streams_reach_the_server_the_bench_and_a_ray_actor(served_r
     from alexnet_server.runtime import served_configs
 
     # threads 2, streams 2: neither is what the server, the bench or an actor of one core would pick by itself
-    repo = _edited_copy(served_repository, tmp_path, threads="2", streams="2")
+    repo = _edited_copy(served_repository, tmp_path, runtime="openvino", threads="2", streams="2")
     assert (served_configs(repo)["cpu"].threads, served_configs(repo)["cpu"].streams) == (2, 2)
     server = serving.start(repo, tmp_path / "triton.log", config="cpu")
     try:
